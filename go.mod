@@ -1,0 +1,3 @@
+module github.com/meshca/meshca
+
+go 1.26.0
