@@ -1,0 +1,357 @@
+package controlplane
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"regexp"
+	"strings"
+	"time"
+
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"go.yaml.in/yaml/v3"
+)
+
+// Config is meshca-server's configuration file. Decode it with LoadConfig or DecodeConfig:
+// an unknown key is an error that names it, and Validate names the field and the rule of any
+// bad value.
+type Config struct {
+	// NodeID names this node in the Raft group and in its SPIFFE ID
+	// spiffe://<trust-domain>/meshca/server/<node-id>.
+	NodeID string `yaml:"node_id"`
+	// DataDir holds the Raft log, snapshots and this node's keys.
+	DataDir string `yaml:"data_dir"`
+	// TrustDomain is the cluster's SPIFFE trust domain, e.g. mesh.example.
+	TrustDomain string `yaml:"trust_domain"`
+	// Listen says where the node serves.
+	Listen ListenConfig `yaml:"listen"`
+	// CA says where the issuing key and certificates come from.
+	CA CAConfig `yaml:"ca"`
+	// Raft configures the replicated log.
+	Raft RaftConfig `yaml:"raft"`
+	// Admins are the system administrators: SPIFFE IDs or <domain>.<service> principals whose
+	// client certificates may call every admin method.
+	Admins []string `yaml:"admins"`
+	// Providers are seeded into the replicated state when the cluster is first bootstrapped.
+	Providers []ProviderConfig `yaml:"providers"`
+	// Limits bound what one caller can ask of the node.
+	Limits LimitsConfig `yaml:"limits"`
+}
+
+// ListenConfig holds the node's listen addresses.
+type ListenConfig struct {
+	// GRPC serves the identity and admin APIs over TLS.
+	GRPC string `yaml:"grpc"`
+	// Cluster serves Raft and internal forwarding over mutual TLS.
+	Cluster string `yaml:"cluster"`
+	// ClusterAdvertise is the cluster address other nodes dial, when it differs from Cluster.
+	ClusterAdvertise string `yaml:"cluster_advertise"`
+	// HTTP serves /metrics, /healthz, /readyz, /crl, the extend API and the SPIFFE bundle
+	// endpoint over HTTPS.
+	HTTP string `yaml:"http"`
+}
+
+// CA modes.
+const (
+	CAModeSelfSigned = "self-signed"
+	CAModeCACerts    = "cacerts"
+	CAModePKCS11     = "pkcs11"
+)
+
+// CAConfig says where the CA's key and certificates come from.
+type CAConfig struct {
+	// Mode is self-signed (a root generated at first start, like istiod), cacerts (a plug-in
+	// intermediate in the Istio cacerts layout) or pkcs11 (the key in an HSM).
+	Mode string `yaml:"mode"`
+	// Dir holds the CA material: for self-signed, where the generated root and its encrypted
+	// key are kept (shared by the cluster's nodes); for cacerts, the cacerts folder.
+	Dir string `yaml:"dir"`
+	// KeyType of a generated key: ecdsa-p256 (default), ecdsa-p384, rsa-2048/3072/4096, ed25519.
+	KeyType string `yaml:"key_type"`
+	// KEKFile or KEKEnv give the key-encryption key for software keys at rest.
+	KEKFile string `yaml:"kek_file"`
+	KEKEnv  string `yaml:"kek_env"`
+	// PKCS11 configures the HSM in pkcs11 mode.
+	PKCS11 PKCS11Config `yaml:"pkcs11"`
+	// WorkloadTTL is the default workload certificate lifetime (24h).
+	WorkloadTTL Duration `yaml:"workload_ttl"`
+	// MaxWorkloadTTL bounds a requested lifetime (720h, 30 days).
+	MaxWorkloadTTL Duration `yaml:"max_workload_ttl"`
+}
+
+// PKCS11Config locates the CA key on a token. The PIN comes from a file or an environment
+// variable, never from the config itself.
+type PKCS11Config struct {
+	Module     string `yaml:"module"`
+	TokenLabel string `yaml:"token_label"`
+	KeyLabel   string `yaml:"key_label"`
+	PINFile    string `yaml:"pin_file"`
+	PINEnv     string `yaml:"pin_env"`
+}
+
+// RaftConfig configures this node's membership in the Raft group.
+type RaftConfig struct {
+	// Bootstrap makes this node form a new cluster from Peers at first start.
+	Bootstrap bool `yaml:"bootstrap"`
+	// Peers are the initial voters (including this node) when bootstrapping.
+	Peers []PeerConfig `yaml:"peers"`
+	// HeartbeatTimeout and ElectionTimeout tune failover (defaults replace a lost leader
+	// within about 2 s on loopback).
+	HeartbeatTimeout Duration `yaml:"heartbeat_timeout"`
+	ElectionTimeout  Duration `yaml:"election_timeout"`
+}
+
+// PeerConfig names one voter.
+type PeerConfig struct {
+	ID      string `yaml:"id"`
+	Address string `yaml:"address"`
+}
+
+// ProviderConfig seeds a provider: a launcher service allowed to vouch for instances.
+type ProviderConfig struct {
+	// Name is the provider's service identity, e.g. sys.auth.example.
+	Name string `yaml:"name"`
+	// DNSSuffix is unique across providers; workload DNS SANs end with it.
+	DNSSuffix string `yaml:"dns_suffix"`
+	// ConfirmEndpoint is the provider's HTTPS confirm URL (mutual TLS).
+	ConfirmEndpoint string `yaml:"confirm_endpoint"`
+	// ConfirmRefresh asks the provider to confirm refreshes too.
+	ConfirmRefresh bool `yaml:"confirm_refresh"`
+	// RegisterToken, when set, is a file to write a one-time register token into, so the
+	// provider can get its own server certificate (a bootstrap convenience for meshctl dev).
+	RegisterTokenFile string `yaml:"register_token_file"`
+}
+
+// LimitsConfig bounds what a caller can ask of a node.
+type LimitsConfig struct {
+	// MaxMessageBytes bounds a gRPC or HTTP request body (default 64 KiB).
+	MaxMessageBytes int `yaml:"max_message_bytes"`
+	// IssuePerIdentityPerMinute and IssuePerSourcePerMinute bound issuance rates.
+	IssuePerIdentityPerMinute int `yaml:"issue_per_identity_per_minute"`
+	IssuePerSourcePerMinute   int `yaml:"issue_per_source_per_minute"`
+	// MaxStreamsPerCaller bounds concurrent server streams (WatchEvents, bundle SDS) a caller
+	// may hold.
+	MaxStreamsPerCaller int `yaml:"max_streams_per_caller"`
+}
+
+// Duration is a time.Duration written in YAML as "24h", "90s". A value that does not parse is
+// kept and reported by Validate with the field's name.
+type Duration struct {
+	d   time.Duration
+	raw string
+	bad bool
+}
+
+// UnmarshalYAML reads a Go duration string.
+func (d *Duration) UnmarshalYAML(n *yaml.Node) error {
+	var s string
+	if err := n.Decode(&s); err != nil {
+		return fmt.Errorf("line %d: want a duration like \"24h\": %w", n.Line, err)
+	}
+	v, err := time.ParseDuration(s)
+	*d = Duration{d: v, raw: s, bad: err != nil || v < 0}
+	return nil
+}
+
+// D returns the value as a time.Duration.
+func (d Duration) D() time.Duration { return d.d }
+
+// NewDuration makes a Duration from a time.Duration.
+func NewDuration(v time.Duration) Duration { return Duration{d: v} }
+
+func (d Duration) check(field string) error {
+	if d.bad {
+		return fmt.Errorf("%w: %s: %q is not a non-negative duration like \"24h\" or \"90s\"", ErrConfig, field, d.raw)
+	}
+	return nil
+}
+
+// ErrConfig marks every configuration error.
+var ErrConfig = errors.New("config")
+
+var unknownField = regexp.MustCompile(`line (\d+): field (\S+) not found in type (\S+)`)
+
+// DecodeConfig reads YAML strictly: an unknown key is an error naming the key and its line.
+// Defaults are filled in and the result validated.
+func DecodeConfig(r io.Reader) (*Config, error) {
+	dec := yaml.NewDecoder(r)
+	dec.KnownFields(true)
+	var c Config
+	if err := dec.Decode(&c); err != nil {
+		if errors.Is(err, io.EOF) {
+			return nil, fmt.Errorf("%w: empty file", ErrConfig)
+		}
+		msg := unknownField.ReplaceAllString(err.Error(), `line $1: unknown key "$2" (in $3)`)
+		msg = strings.ReplaceAll(msg, "controlplane.", "")
+		return nil, fmt.Errorf("%w: %s", ErrConfig, msg)
+	}
+	var extra yaml.Node
+	if err := dec.Decode(&extra); !errors.Is(err, io.EOF) {
+		return nil, fmt.Errorf("%w: more than one YAML document", ErrConfig)
+	}
+	c.setDefaults()
+	if err := c.Validate(); err != nil {
+		return nil, err
+	}
+	return &c, nil
+}
+
+// LoadConfig reads and validates a config file.
+func LoadConfig(path string) (*Config, error) {
+	raw, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %w", ErrConfig, err)
+	}
+	c, err := DecodeConfig(bytes.NewReader(raw))
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", path, err)
+	}
+	return c, nil
+}
+
+func (c *Config) setDefaults() {
+	if c.CA.Mode == "" {
+		c.CA.Mode = CAModeSelfSigned
+	}
+	if c.CA.KeyType == "" {
+		c.CA.KeyType = "ecdsa-p256"
+	}
+	if c.CA.WorkloadTTL.d == 0 && !c.CA.WorkloadTTL.bad {
+		c.CA.WorkloadTTL = NewDuration(24 * time.Hour)
+	}
+	if c.CA.MaxWorkloadTTL.d == 0 && !c.CA.MaxWorkloadTTL.bad {
+		c.CA.MaxWorkloadTTL = NewDuration(30 * 24 * time.Hour)
+	}
+	if c.Listen.ClusterAdvertise == "" {
+		c.Listen.ClusterAdvertise = c.Listen.Cluster
+	}
+	if c.Limits.MaxMessageBytes == 0 {
+		c.Limits.MaxMessageBytes = 64 << 10
+	}
+	if c.Limits.IssuePerIdentityPerMinute == 0 {
+		c.Limits.IssuePerIdentityPerMinute = 60
+	}
+	if c.Limits.IssuePerSourcePerMinute == 0 {
+		c.Limits.IssuePerSourcePerMinute = 6000
+	}
+	if c.Limits.MaxStreamsPerCaller == 0 {
+		c.Limits.MaxStreamsPerCaller = 16
+	}
+}
+
+var nodeIDPattern = regexp.MustCompile(`^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$`)
+
+// Validate checks every field, naming the field and the rule of the first bad one.
+func (c *Config) Validate() error {
+	bad := func(field, rule string, args ...any) error {
+		return fmt.Errorf("%w: %s: %s", ErrConfig, field, fmt.Sprintf(rule, args...))
+	}
+	if !nodeIDPattern.MatchString(c.NodeID) {
+		return bad("node_id", "%q must be a DNS label (lowercase letters, digits, dashes)", c.NodeID)
+	}
+	if c.DataDir == "" {
+		return bad("data_dir", "is required")
+	}
+	if _, err := spiffeid.TrustDomainFromString(c.TrustDomain); err != nil || c.TrustDomain == "" {
+		return bad("trust_domain", "%q is not a SPIFFE trust domain name", c.TrustDomain)
+	}
+	for _, l := range []struct{ field, addr string }{
+		{"listen.grpc", c.Listen.GRPC}, {"listen.cluster", c.Listen.Cluster},
+		{"listen.http", c.Listen.HTTP}, {"listen.cluster_advertise", c.Listen.ClusterAdvertise},
+	} {
+		if _, _, err := net.SplitHostPort(l.addr); err != nil {
+			return bad(l.field, "%q must be host:port", l.addr)
+		}
+	}
+	switch c.CA.Mode {
+	case CAModeSelfSigned, CAModeCACerts:
+		if c.CA.Dir == "" {
+			return bad("ca.dir", "is required in %s mode", c.CA.Mode)
+		}
+	case CAModePKCS11:
+		p := c.CA.PKCS11
+		if p.Module == "" || p.TokenLabel == "" || p.KeyLabel == "" {
+			return bad("ca.pkcs11", "module, token_label and key_label are required in pkcs11 mode")
+		}
+		if (p.PINFile == "") == (p.PINEnv == "") {
+			return bad("ca.pkcs11", "exactly one of pin_file and pin_env is required")
+		}
+		if c.CA.Dir == "" {
+			return bad("ca.dir", "is required in pkcs11 mode (it holds the CA certificate)")
+		}
+	default:
+		return bad("ca.mode", "%q must be one of self-signed, cacerts, pkcs11", c.CA.Mode)
+	}
+	if c.CA.Mode == CAModeSelfSigned && c.CA.KEKFile == "" && c.CA.KEKEnv == "" {
+		return bad("ca", "kek_file or kek_env is required: the self-signed CA key is kept encrypted at rest")
+	}
+	for _, d := range []struct {
+		field string
+		d     Duration
+	}{
+		{"ca.workload_ttl", c.CA.WorkloadTTL}, {"ca.max_workload_ttl", c.CA.MaxWorkloadTTL},
+		{"raft.heartbeat_timeout", c.Raft.HeartbeatTimeout}, {"raft.election_timeout", c.Raft.ElectionTimeout},
+	} {
+		if err := d.d.check(d.field); err != nil {
+			return err
+		}
+	}
+	if c.CA.WorkloadTTL.D() > c.CA.MaxWorkloadTTL.D() {
+		return bad("ca.workload_ttl", "%s exceeds ca.max_workload_ttl %s", c.CA.WorkloadTTL.D(), c.CA.MaxWorkloadTTL.D())
+	}
+	if c.CA.MaxWorkloadTTL.D() > 30*24*time.Hour {
+		return bad("ca.max_workload_ttl", "%s exceeds 30 days", c.CA.MaxWorkloadTTL.D())
+	}
+	if c.Raft.Bootstrap {
+		if len(c.Raft.Peers) == 0 {
+			return bad("raft.peers", "is required with raft.bootstrap")
+		}
+		self := false
+		seen := map[string]bool{}
+		for i, p := range c.Raft.Peers {
+			if !nodeIDPattern.MatchString(p.ID) {
+				return bad(fmt.Sprintf("raft.peers[%d].id", i), "%q must be a DNS label", p.ID)
+			}
+			if seen[p.ID] {
+				return bad(fmt.Sprintf("raft.peers[%d].id", i), "%q appears twice", p.ID)
+			}
+			seen[p.ID] = true
+			if _, _, err := net.SplitHostPort(p.Address); err != nil {
+				return bad(fmt.Sprintf("raft.peers[%d].address", i), "%q must be host:port", p.Address)
+			}
+			self = self || p.ID == c.NodeID
+		}
+		if !self {
+			return bad("raft.peers", "must include this node (%s) when bootstrapping", c.NodeID)
+		}
+	}
+	seenProvider := map[string]bool{}
+	seenSuffix := map[string]bool{}
+	for i, p := range c.Providers {
+		field := fmt.Sprintf("providers[%d]", i)
+		if p.Name == "" || !strings.Contains(p.Name, ".") {
+			return bad(field+".name", "%q must be a service identity <domain>.<service>", p.Name)
+		}
+		if seenProvider[p.Name] {
+			return bad(field+".name", "%q appears twice", p.Name)
+		}
+		seenProvider[p.Name] = true
+		if p.DNSSuffix == "" {
+			return bad(field+".dns_suffix", "is required")
+		}
+		if seenSuffix[p.DNSSuffix] {
+			return bad(field+".dns_suffix", "%q is used by another provider; suffixes are unique", p.DNSSuffix)
+		}
+		seenSuffix[p.DNSSuffix] = true
+		if !strings.HasPrefix(p.ConfirmEndpoint, "https://") {
+			return bad(field+".confirm_endpoint", "%q must be an https:// URL", p.ConfirmEndpoint)
+		}
+	}
+	if c.Limits.MaxMessageBytes < 4<<10 {
+		return bad("limits.max_message_bytes", "%d is below the 4096-byte minimum", c.Limits.MaxMessageBytes)
+	}
+	return nil
+}

@@ -1,0 +1,95 @@
+package controlplane
+
+import (
+	"errors"
+	"strings"
+	"testing"
+)
+
+const validConfig = `
+node_id: n1
+data_dir: /var/lib/meshca/n1
+trust_domain: mesh.example
+listen:
+  grpc: 127.0.0.1:7443
+  cluster: 127.0.0.1:7444
+  http: 127.0.0.1:7080
+ca:
+  mode: self-signed
+  dir: /var/lib/meshca/ca
+  kek_env: MESHCA_KEK
+  workload_ttl: 1h
+raft:
+  bootstrap: true
+  peers:
+  - {id: n1, address: 127.0.0.1:7444}
+  - {id: n2, address: 127.0.0.1:7454}
+admins: [spiffe://mesh.example/ns/sys.auth/sa/admin]
+providers:
+- name: sys.auth.example
+  dns_suffix: example.mesh.example
+  confirm_endpoint: https://127.0.0.1:9443/confirm
+`
+
+func TestDecodeConfig(t *testing.T) {
+	c, err := DecodeConfig(strings.NewReader(validConfig))
+	if err != nil {
+		t.Fatalf("valid config refused: %v", err)
+	}
+	if c.CA.WorkloadTTL.D().String() != "1h0m0s" || c.CA.MaxWorkloadTTL.D().Hours() != 720 {
+		t.Errorf("ttl = %s / max %s", c.CA.WorkloadTTL.D(), c.CA.MaxWorkloadTTL.D())
+	}
+	if c.Listen.ClusterAdvertise != c.Listen.Cluster {
+		t.Errorf("cluster_advertise defaults to listen.cluster, got %q", c.Listen.ClusterAdvertise)
+	}
+	if c.Limits.MaxMessageBytes != 64<<10 || c.Limits.IssuePerIdentityPerMinute == 0 {
+		t.Errorf("limits not defaulted: %+v", c.Limits)
+	}
+}
+
+func TestDecodeConfigRefusals(t *testing.T) {
+	cases := []struct {
+		name, from, to, want string
+	}{
+		{"unknown key is named with its line", "data_dir:", "data_dri:", `unknown key "data_dri"`},
+		{"unknown nested key is named", "  kek_env: MESHCA_KEK", "  kek_envv: MESHCA_KEK", `unknown key "kek_envv"`},
+		{"node id must be a DNS label", "node_id: n1", "node_id: N_1", "node_id:"},
+		{"trust domain must be a SPIFFE trust domain", "trust_domain: mesh.example", "trust_domain: Mesh Example", "trust_domain:"},
+		{"listen address must be host:port", "grpc: 127.0.0.1:7443", "grpc: nowhere", "listen.grpc:"},
+		{"ca mode must be known", "mode: self-signed", "mode: magic", "ca.mode:"},
+		{"self-signed key needs a KEK", "  kek_env: MESHCA_KEK\n", "", "kek_file or kek_env"},
+		{"duration must parse", "workload_ttl: 1h", "workload_ttl: soon", "workload_ttl"},
+		{"ttl above 30 days refused", "workload_ttl: 1h", "max_workload_ttl: 800h", "ca.max_workload_ttl"},
+		{"bootstrap peers include self", "{id: n1, address: 127.0.0.1:7444}", "{id: n3, address: 127.0.0.1:7444}", "must include this node"},
+		{"peer ids unique", "{id: n2, address: 127.0.0.1:7454}", "{id: n1, address: 127.0.0.1:7454}", "appears twice"},
+		{"provider confirm endpoint must be https", "https://127.0.0.1:9443/confirm", "http://127.0.0.1:9443/confirm", "providers[0].confirm_endpoint"},
+		{"provider name is a service identity", "name: sys.auth.example", "name: example", "providers[0].name"},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			src := strings.Replace(validConfig, tc.from, tc.to, 1)
+			if src == validConfig {
+				t.Fatalf("case does not change the config (%q not found)", tc.from)
+			}
+			_, err := DecodeConfig(strings.NewReader(src))
+			if err == nil {
+				t.Fatal("accepted")
+			}
+			if !errors.Is(err, ErrConfig) || !strings.Contains(err.Error(), tc.want) {
+				t.Fatalf("error %q does not name %q", err, tc.want)
+			}
+		})
+	}
+}
+
+func FuzzDecodeConfig(f *testing.F) {
+	f.Add([]byte(validConfig))
+	f.Add([]byte("node_id: [1, 2\n"))
+	f.Add([]byte("ca: {mode: pkcs11, pkcs11: {module: x}}"))
+	f.Fuzz(func(t *testing.T, data []byte) {
+		c, err := DecodeConfig(strings.NewReader(string(data)))
+		if err == nil && c.Validate() != nil {
+			t.Fatal("DecodeConfig returned a config that does not validate")
+		}
+	})
+}
