@@ -469,6 +469,22 @@ func (s *PKCS11) Sign(_ io.Reader, digest []byte, opts crypto.SignerOpts) ([]byt
 	if opts == nil {
 		opts = crypto.Hash(0)
 	}
+	sig, err := s.signUnverified(digest, opts)
+	if err != nil {
+		return nil, err
+	}
+	if err := verifySignature(s.pub, digest, sig, opts); err != nil {
+		return nil, fmt.Errorf("pkcs11 key %q on token %q: %w", s.cfg.KeyLabel, s.cfg.TokenLabel, err)
+	}
+	return sig, nil
+}
+
+// signUnverified is Sign without the software check, for callers that make that check
+// themselves (see CreateCertificate).
+func (s *PKCS11) signUnverified(digest []byte, opts crypto.SignerOpts) ([]byte, error) {
+	if opts == nil {
+		opts = crypto.Hash(0)
+	}
 	if err := checkDigest(s.kt, digest, opts); err != nil {
 		return nil, fmt.Errorf("pkcs11 key %q: %w", s.cfg.KeyLabel, err)
 	}
@@ -487,9 +503,6 @@ func (s *PKCS11) Sign(_ io.Reader, digest []byte, opts crypto.SignerOpts) ([]byt
 		if sig, err = ecdsaRawToDER(raw, size); err != nil {
 			return nil, fmt.Errorf("pkcs11 key %q: %w", s.cfg.KeyLabel, err)
 		}
-	}
-	if err := verifySignature(s.pub, digest, sig, opts); err != nil {
-		return nil, fmt.Errorf("pkcs11 key %q on token %q: %w", s.cfg.KeyLabel, s.cfg.TokenLabel, err)
 	}
 	return sig, nil
 }
