@@ -118,7 +118,7 @@ func workloadRequest(serial int64) policy.WorkloadRequest {
 // break one rule each.
 type testCA struct {
 	cert *x509.Certificate
-	key  *signer.Software
+	key  signer.Signer
 }
 
 type caOpt func(*x509.Certificate)
@@ -146,7 +146,7 @@ func nextSerial() *big.Int {
 
 // makeCA signs a CA certificate named cn with key (under parent, or self-signed when parent
 // is nil), valid t0-1h .. t0+2y unless opts say otherwise.
-func makeCA(t testing.TB, cn string, key *signer.Software, parent *testCA, opts ...caOpt) *testCA {
+func makeCA(t testing.TB, cn string, key signer.Signer, parent *testCA, opts ...caOpt) *testCA {
 	t.Helper()
 	tmpl := &x509.Certificate{
 		SerialNumber:          nextSerial(),
