@@ -12,6 +12,7 @@ import (
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
 	"github.com/meshca/meshca/ca/policy"
+	"github.com/meshca/meshca/ca/signer"
 )
 
 // ErrSign means the CA key failed to sign, or its signature did not verify.
@@ -143,10 +144,11 @@ func parseCSR(der []byte) (*x509.CertificateRequest, error) {
 }
 
 // sign creates the certificate. crypto/x509 checks the signature against the issuer's public
-// key before returning, so a faulty signer (or token) cannot hand out a bad certificate.
+// key before returning, so a faulty signer (or token) cannot hand out a bad certificate;
+// signer.CreateCertificate makes that the only check, not a second one after the token's.
 func (a *Authority) sign(tmpl *x509.Certificate, csr *x509.CertificateRequest, dropped []policy.DroppedSAN) (*Issued, error) {
 	tmpl.SignatureAlgorithm = a.sigAlg
-	der, err := x509.CreateCertificate(a.random, tmpl, a.issuer.cert, csr.PublicKey, a.issuer.key)
+	der, err := signer.CreateCertificate(a.random, tmpl, a.issuer.cert, csr.PublicKey, a.issuer.key)
 	if err != nil {
 		return nil, fmt.Errorf("%w: serial %x: %w", ErrSign, tmpl.SerialNumber, err)
 	}

@@ -152,7 +152,7 @@ func caTemplate(td spiffeid.TrustDomain, org, role string, notBefore, notAfter t
 }
 
 func createCert(random io.Reader, tmpl, parent *x509.Certificate, subjectKey, parentKey signer.Signer) (*x509.Certificate, error) {
-	der, err := x509.CreateCertificate(random, tmpl, parent, subjectKey.Public(), parentKey)
+	der, err := signer.CreateCertificate(random, tmpl, parent, subjectKey.Public(), parentKey)
 	if err != nil {
 		return nil, err
 	}

@@ -8,6 +8,8 @@ import (
 	"io"
 	"math/big"
 	"time"
+
+	"github.com/meshca/meshca/ca/signer"
 )
 
 // RFC 5280 §5.3.1 CRL reason codes meshca records.
@@ -101,7 +103,7 @@ func (i *Issuer) CRL(req CRLRequest, random io.Reader) ([]byte, error) {
 			ReasonCode:     r.Reason,
 		})
 	}
-	der, err := x509.CreateRevocationList(random, &x509.RevocationList{
+	der, err := signer.CreateRevocationList(random, &x509.RevocationList{
 		SignatureAlgorithm:        i.key.SignatureAlgorithm(),
 		RevokedCertificateEntries: entries,
 		Number:                    req.Number,
