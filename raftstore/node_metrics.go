@@ -1,0 +1,58 @@
+package raftstore
+
+import (
+	"errors"
+	"fmt"
+
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// Reasons a cluster connection is refused, the values of the reason label of
+// meshca_raft_conn_refused_total.
+const (
+	RefusedNoCertificate    = "no_certificate"
+	RefusedBadCertificate   = "bad_certificate"
+	RefusedNotSPIFFE        = "not_spiffe"
+	RefusedWrongTrustDomain = "wrong_trust_domain"
+	RefusedNotServer        = "not_server"
+	RefusedUntrusted        = "untrusted"
+	RefusedNotMember        = "not_member"
+	RefusedNoALPN           = "no_alpn"
+)
+
+type nodeMetrics struct {
+	refused *prometheus.CounterVec
+	propose *prometheus.HistogramVec
+	leader  prometheus.Gauge
+}
+
+func newNodeMetrics(reg prometheus.Registerer) (*nodeMetrics, error) {
+	m := &nodeMetrics{
+		refused: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "meshca_raft_conn_refused_total",
+			Help: "Cluster-port connections refused by the peer check, by reason.",
+		}, []string{"reason"}),
+		propose: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name:    "meshca_raft_propose_seconds",
+			Help:    "Time from Propose to the applied result, by path (leader or forwarded) and outcome.",
+			Buckets: prometheus.ExponentialBuckets(0.0005, 2, 16),
+		}, []string{"path", "outcome"}),
+		leader: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "meshca_raft_is_leader",
+			Help: "1 when this node is the Raft leader.",
+		}),
+	}
+	if reg == nil {
+		return m, nil
+	}
+	for _, c := range []prometheus.Collector{m.refused, m.propose, m.leader} {
+		if err := reg.Register(c); err != nil {
+			var are prometheus.AlreadyRegisteredError
+			if errors.As(err, &are) {
+				return nil, fmt.Errorf("raftstore: Registerer: a node's metrics are already registered there (one registry per node): %w", err)
+			}
+			return nil, fmt.Errorf("raftstore: Registerer: %w", err)
+		}
+	}
+	return m, nil
+}
