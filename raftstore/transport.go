@@ -112,9 +112,11 @@ func (v *peerVerifier) check(rawCerts [][]byte) (string, error) {
 // and checked by the peer verifier, ALPN choosing Raft or gRPC.
 func (n *Node) serverTLSConfig() *tls.Config {
 	return &tls.Config{
-		MinVersion:            tls.VersionTLS13,
-		GetCertificate:        tlsconfig.GetCertificate(n.cfg.SVID),
-		ClientAuth:            tls.RequireAnyClientCert,
+		MinVersion:     tls.VersionTLS13,
+		GetCertificate: tlsconfig.GetCertificate(n.cfg.SVID),
+		// RequestClientCert (not Require) so a missing certificate reaches the verifier and
+		// is counted like every other refusal.
+		ClientAuth:            tls.RequestClientCert,
 		VerifyPeerCertificate: n.peers.verify,
 		NextProtos:            []string{ALPNRaft, ALPNGRPC},
 	}
