@@ -68,7 +68,8 @@ type SDSServer struct {
 	nacks       prometheus.Counter
 
 	mu      sync.Mutex
-	tracked map[spiffeid.ID]string // identity → version of the snapshot set
+	tracked map[spiffeid.ID]string     // identity → version of the snapshot set
+	nodes   map[spiffeid.ID]*core.Node // one read-only node per identity, shared by its streams
 }
 
 var _ secretservice.SecretDiscoveryServiceServer = (*SDSServer)(nil)
@@ -87,6 +88,7 @@ func NewSDSServer(cfg SDSConfig) (*SDSServer, error) {
 		resolver: cfg.Resolver,
 		log:      logger,
 		tracked:  make(map[spiffeid.ID]string),
+		nodes:    make(map[spiffeid.ID]*core.Node),
 		streamsOpen: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "meshca_sds_streams_open", Help: "SDS streams (state of the world and delta) open now.",
 		}),
@@ -140,15 +142,22 @@ func (s *SDSServer) Run(ctx context.Context) error {
 	}
 }
 
-// track makes sure id has a snapshot and is kept up to date by Run.
-func (s *SDSServer) track(ctx context.Context, id spiffeid.ID) error {
+// track makes sure id has a snapshot, kept up to date by Run, and returns the node its
+// requests are rewritten to.
+func (s *SDSServer) track(ctx context.Context, id spiffeid.ID) (*core.Node, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if _, ok := s.tracked[id]; ok {
-		return nil
+	if n, ok := s.nodes[id]; ok {
+		return n, nil
 	}
 	s.tracked[id] = ""
-	return s.refreshLocked(ctx, id)
+	if err := s.refreshLocked(ctx, id); err != nil {
+		delete(s.tracked, id)
+		return nil, err
+	}
+	n := &core.Node{Id: id.String()}
+	s.nodes[id] = n
+	return n, nil
 }
 
 func (s *SDSServer) refreshLocked(ctx context.Context, id spiffeid.ID) error {
@@ -178,11 +187,12 @@ func (s *SDSServer) caller(ctx context.Context) (*core.Node, error) {
 		s.log.Warn("sds: caller refused", "error", err)
 		return nil, status.Errorf(codes.PermissionDenied, "sds: %v", err)
 	}
-	if err := s.track(ctx, id); err != nil {
+	node, err := s.track(ctx, id)
+	if err != nil {
 		s.log.Error("sds: building secrets", "identity", id.String(), "error", err)
 		return nil, status.Errorf(codes.Internal, "sds: secrets of %q: %v", id, err)
 	}
-	return &core.Node{Id: id.String()}, nil
+	return node, nil
 }
 
 // StreamSecrets implements SecretDiscoveryServiceServer (state of the world).
