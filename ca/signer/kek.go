@@ -85,6 +85,10 @@ func ParseKEK(data []byte) (KEK, error) {
 	if hexErr != nil {
 		return KEK{}, hexErr
 	}
+	if len(data) == KEKSize {
+		return KEK{}, fmt.Errorf("KEK is %d printable characters, which are read as text (a raw KEK is random bytes), and the text is neither %d hex characters nor base64 of %d bytes: %w",
+			KEKSize, 2*KEKSize, KEKSize, ErrKEKMalformed)
+	}
 	return KEK{}, fmt.Errorf("KEK is not %d raw bytes (got %d), not %d hex characters and not base64 of %d bytes: %w",
 		KEKSize, len(data), 2*KEKSize, KEKSize, ErrKEKMalformed)
 }

@@ -279,6 +279,7 @@ func TestParseKEKSaysWhichEncodingWasWrong(t *testing.T) {
 		{"hex of 16 bytes is too short", []byte(hex.EncodeToString(raw)), ErrKEKMalformed, "hex"},
 		{"hex of 33 bytes is too long", []byte(hex.EncodeToString(append(bytes.Repeat(raw, 2), 1))), ErrKEKMalformed, "66 characters"},
 		{"base64 of 16 bytes is too short", []byte(base64.StdEncoding.EncodeToString(raw)), ErrKEKMalformed, "base64 decodes to 16 bytes"},
+		{"a 32-character passphrase is text, not a raw key", []byte("correct horse battery staple!!!!"), ErrKEKMalformed, "printable"},
 		{"29 raw bytes are no accepted encoding", bytes.Repeat([]byte{0x00, 0xff}, 15)[:29], ErrKEKMalformed, "raw bytes"},
 	}
 	for _, tc := range tests {
