@@ -86,15 +86,20 @@ func New(cfg Config) (*Authority, error) {
 
 // Issued is a signed certificate.
 type Issued struct {
-	// Certificate is the parsed leaf.
-	Certificate *x509.Certificate
 	// Chain is the leaf's DER followed by the intermediates' (never a root).
 	Chain [][]byte
+	// Template is what was signed, as the policy decided it: serial number, validity,
+	// subject, SANs, key usages. It is not parsed from Chain[0] (its Raw fields are empty);
+	// Leaf does that, for callers that need the parsed certificate.
+	Template *x509.Certificate
 	// Fingerprint is the SHA-256 of the leaf's SubjectPublicKeyInfo, for key-reuse records.
 	Fingerprint policy.Fingerprint
 	// Dropped are the spec SANs that were not issued (IssueSpec only).
 	Dropped []policy.DroppedSAN
 }
+
+// Leaf parses the signed leaf certificate.
+func (i *Issued) Leaf() (*x509.Certificate, error) { return x509.ParseCertificate(i.Chain[0]) }
 
 // ChainPEM is the chain as PEM, leaf first.
 func (i *Issued) ChainPEM() []byte { return EncodeCertificatesPEM(i.Chain...) }
@@ -152,16 +157,12 @@ func (a *Authority) sign(tmpl *x509.Certificate, csr *x509.CertificateRequest, d
 	if err != nil {
 		return nil, fmt.Errorf("%w: serial %x: %w", ErrSign, tmpl.SerialNumber, err)
 	}
-	leaf, err := x509.ParseCertificate(der)
-	if err != nil {
-		return nil, fmt.Errorf("%w: the signed certificate does not parse: %w", ErrSign, err)
-	}
 	chain := make([][]byte, 0, 1+len(a.chainDER))
 	chain = append(chain, der)
 	chain = append(chain, a.chainDER...)
 	return &Issued{
-		Certificate: leaf,
 		Chain:       chain,
+		Template:    tmpl,
 		Fingerprint: policy.FingerprintSPKI(csr.RawSubjectPublicKeyInfo),
 		Dropped:     dropped,
 	}, nil

@@ -48,8 +48,8 @@ func TestIssueWorkloadVerifiesAsAnX509SVID(t *testing.T) {
 					t.Fatal(err)
 				}
 				chain := parseChain(t, got.Chain)
-				if !chain[0].Equal(got.Certificate) {
-					t.Fatal("chain does not start with the leaf")
+				if leaf, err := got.Leaf(); err != nil || !chain[0].Equal(leaf) {
+					t.Fatalf("chain does not start with the leaf: %v", err)
 				}
 				wantLen := 1
 				if withInter {
@@ -65,7 +65,10 @@ func TestIssueWorkloadVerifiesAsAnX509SVID(t *testing.T) {
 				if id.String() != testSPIFFE {
 					t.Errorf("SPIFFE ID %s, want %s", id, testSPIFFE)
 				}
-				leaf := got.Certificate
+				leaf := chain[0]
+				if got.Template.SerialNumber.Int64() != 77 || !got.Template.NotAfter.Equal(leaf.NotAfter) {
+					t.Errorf("template serial %v NotAfter %s, leaf NotAfter %s", got.Template.SerialNumber, got.Template.NotAfter, leaf.NotAfter)
+				}
 				if leaf.SerialNumber.Int64() != 77 || leaf.IsCA || leaf.SignatureAlgorithm != signer.SignatureAlgorithmFor(kt) {
 					t.Errorf("leaf serial %v IsCA %v sigalg %v", leaf.SerialNumber, leaf.IsCA, leaf.SignatureAlgorithm)
 				}
@@ -142,7 +145,10 @@ func TestIssueSpec(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	leaf := got.Certificate
+	leaf, err := got.Leaf()
+	if err != nil {
+		t.Fatal(err)
+	}
 	if leaf.Subject.CommonName != "server.example.com" || leaf.Subject.Organization[0] != "Partner Ltd" || leaf.Subject.Locality[0] != "CSR Town" {
 		t.Errorf("subject %s", leaf.Subject)
 	}
@@ -212,8 +218,8 @@ func TestNewAuthority(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if !got.Certificate.NotAfter.Equal(t0.Add(time.Hour)) {
-		t.Errorf("NotAfter %s, want the configured 1 h default", got.Certificate.NotAfter)
+	if leaf, err := got.Leaf(); err != nil || !leaf.NotAfter.Equal(t0.Add(time.Hour)) {
+		t.Errorf("leaf %v, want NotAfter at the configured 1 h default", err)
 	}
 }
 
@@ -225,7 +231,7 @@ func TestPEM(t *testing.T) {
 		t.Fatal(err)
 	}
 	certs, err := ca.ParseCertificatesPEM(got.ChainPEM())
-	if err != nil || len(certs) != 2 || !certs[0].Equal(got.Certificate) || !certs[1].Equal(a.Issuer().Certificate()) {
+	if err != nil || len(certs) != 2 || string(certs[0].Raw) != string(got.Chain[0]) || !certs[1].Equal(a.Issuer().Certificate()) {
 		t.Fatalf("ChainPEM round trip: %d certs, %v", len(certs), err)
 	}
 	if certs, err := ca.ParseCertificatesPEM(a.ChainPEM()); err != nil || len(certs) != 1 {
@@ -325,7 +331,11 @@ func TestBundle(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if _, err := ca.NewBundle(testTD, []*x509.Certificate{cur.cert, got.Certificate}); !errors.Is(err, ca.ErrBundle) {
+		leaf, err := got.Leaf()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := ca.NewBundle(testTD, []*x509.Certificate{cur.cert, leaf}); !errors.Is(err, ca.ErrBundle) {
 			t.Errorf("error %v, want ErrBundle", err)
 		}
 	})

@@ -66,7 +66,7 @@ func checkWithOpenSSL(t *testing.T, a *ca.Authority) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		return writeFile(t, filepath.Join(dir, fmt.Sprintf("leaf-%d.pem", serial)), ca.EncodeCertificatesPEM(got.Chain[0])), got.Certificate.SerialNumber
+		return writeFile(t, filepath.Join(dir, fmt.Sprintf("leaf-%d.pem", serial)), ca.EncodeCertificatesPEM(got.Chain[0])), got.Template.SerialNumber
 	}
 	leaf, _ := issue(1001)
 	revokedLeaf, revokedSerial := issue(1002)

@@ -45,14 +45,15 @@ func checkLabels(s string, min int) error {
 	if len(s) > maxDNSNameLen {
 		return fmt.Errorf("%w: %d characters, at most %d", errNotDNS, len(s), maxDNSNameLen)
 	}
-	labels := strings.Split(s, ".")
-	if len(labels) < min {
-		return fmt.Errorf("%w: %d label(s), want at least %d", errNotDNS, len(labels), min)
-	}
-	for _, l := range labels {
+	n := 0
+	for l := range strings.SplitSeq(s, ".") {
 		if err := checkLabel(l); err != nil {
 			return err
 		}
+		n++
+	}
+	if n < min {
+		return fmt.Errorf("%w: %d label(s), want at least %d", errNotDNS, n, min)
 	}
 	return nil
 }
