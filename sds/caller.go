@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/peer"
 )
@@ -140,4 +141,31 @@ func (t *CallerTable) Lookup(c Caller) (spiffeid.ID, error) {
 		}
 	}
 	return spiffeid.ID{}, fmt.Errorf("caller uid %d gid %d on socket %q: %w", c.UID, c.GID, c.Socket, ErrCallerUnknown)
+}
+
+// TLSPeerResolver resolves a caller from the client certificate of an mTLS connection (a CA node
+// streaming bundles to agents): the identity is the URI SAN of the verified leaf. The gRPC
+// server must require and verify client certificates; an unverified or missing one is refused.
+type TLSPeerResolver struct{}
+
+var _ IdentityResolver = TLSPeerResolver{}
+
+// Resolve implements IdentityResolver.
+func (TLSPeerResolver) Resolve(ctx context.Context) (spiffeid.ID, error) {
+	p, ok := peer.FromContext(ctx)
+	if !ok {
+		return spiffeid.ID{}, fmt.Errorf("caller: no peer on the call: %w", ErrCallerUnknown)
+	}
+	info, ok := p.AuthInfo.(credentials.TLSInfo)
+	if !ok {
+		return spiffeid.ID{}, fmt.Errorf("caller: connection is not TLS: %w", ErrCallerUnknown)
+	}
+	if len(info.State.VerifiedChains) == 0 || len(info.State.VerifiedChains[0]) == 0 {
+		return spiffeid.ID{}, fmt.Errorf("caller: no verified client certificate: %w", ErrCallerUnknown)
+	}
+	id, err := x509svid.IDFromCert(info.State.VerifiedChains[0][0])
+	if err != nil {
+		return spiffeid.ID{}, fmt.Errorf("caller: client certificate URI SAN: %v: %w", err, ErrCallerUnknown)
+	}
+	return id, nil
 }

@@ -1,10 +1,10 @@
 package sds
 
 import (
+	"bytes"
 	"context"
 	"crypto/tls"
 	"crypto/x509"
-	"io"
 	"log/slog"
 	"net"
 	"os"
@@ -44,6 +44,25 @@ type server struct {
 	reg    *prometheus.Registry
 	sock   string
 	socket map[string]string // extra sockets by name
+	logs   *lockedBuffer
+}
+
+// lockedBuffer collects the server's log lines.
+type lockedBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *lockedBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *lockedBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
 }
 
 // startServer serves SDS and the Workload API with PeerCredentials on a Unix socket in a temp
@@ -51,14 +70,14 @@ type server struct {
 func startServer(t *testing.T, store *Store, build func(sockets map[string]string) *CallerTable, extra ...string) *server {
 	t.Helper()
 	dir := t.TempDir()
-	s := &server{store: store, reg: prometheus.NewRegistry(), sock: filepath.Join(dir, "main.sock"), socket: map[string]string{}}
+	s := &server{store: store, reg: prometheus.NewRegistry(), sock: filepath.Join(dir, "main.sock"), socket: map[string]string{}, logs: &lockedBuffer{}}
 	paths := map[string]string{"main": s.sock}
 	for _, name := range extra {
 		paths[name] = filepath.Join(dir, name+".sock")
 		s.socket[name] = paths[name]
 	}
 	table := build(paths)
-	logger := slog.New(slog.NewTextHandler(io.Discard, nil))
+	logger := slog.New(slog.NewTextHandler(s.logs, nil))
 	var err error
 	s.sds, err = NewSDSServer(SDSConfig{Source: store, Resolver: table, Logger: logger, Registerer: s.reg})
 	if err != nil {

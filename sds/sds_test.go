@@ -5,7 +5,9 @@ import (
 	"crypto/x509"
 	"os"
 	"slices"
+	"strings"
 	"testing"
+	"time"
 
 	tlsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
 	discovery "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
@@ -141,6 +143,9 @@ func TestSDSNACKIsCountedAndTheStreamKeepsWorking(t *testing.T) {
 	}
 	if n := testutil.ToFloat64(srv.sds.nacks); n != 1 {
 		t.Fatalf("meshca_sds_nacks_total = %v, want 1", n)
+	}
+	if logs := srv.logs.String(); !strings.Contains(logs, "NACK") || !strings.Contains(logs, "certificate rejected by the proxy") {
+		t.Fatalf("the NACK was not logged with its error detail; logs:\n%s", logs)
 	}
 }
 
@@ -441,10 +446,53 @@ func TestSDSFetchAnswersWithTheNamedSecrets(t *testing.T) {
 	if err := verifies(leafOf(t, got[NameDefault]), rootsOf(t, got[NameRootCA])); err != nil {
 		t.Fatal(err)
 	}
+	// A name the agent will have shortly is never answered partially: the fetch waits for it
+	// within its deadline.
+	resp2, err := client.FetchSecrets(streamCtx(t), &discovery.DiscoveryRequest{Node: envoyNode(idWeb.String()),
+		ResourceNames: []string{NameDefault, NameRootCA, NameAll, idAPI.String(), "spiffe://mesh.example/ns/other/sa/x"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := sotwSecrets(t, resp2); !sameNames(got, NameDefault, NameRootCA, NameAll, idAPI.String()) {
+		t.Fatalf("names %v: want the four the caller may have, whatever node.id claims", names(got))
+	}
 	_, err = client.FetchSecrets(streamCtx(t), &discovery.DiscoveryRequest{VersionInfo: resp.VersionInfo,
 		ResourceNames: []string{NameDefault}})
 	if status.Code(err) != codes.FailedPrecondition {
 		t.Fatalf("fetch at the current version: %v, want FailedPrecondition", err)
+	}
+}
+
+func TestSDSFetchWaitsForASecretTheAgentWillHave(t *testing.T) {
+	ca := newTestCA(t, tdMesh)
+	store := NewStore()
+	mustSetBundle(t, store, ca)
+	srv := startServer(t, store, byUID(idAPI))
+	client := sdsClient(t, srv.sock)
+
+	short, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
+	defer cancel()
+	_, err := client.FetchSecrets(short, &discovery.DiscoveryRequest{ResourceNames: []string{NameDefault, NameRootCA}})
+	if status.Code(err) != codes.DeadlineExceeded {
+		t.Fatalf("fetch before the certificate exists: %v, want DeadlineExceeded (never a partial answer)", err)
+	}
+	type result struct {
+		resp *discovery.DiscoveryResponse
+		err  error
+	}
+	done := make(chan result, 1)
+	ctx := streamCtx(t)
+	go func() {
+		resp, err := client.FetchSecrets(ctx, &discovery.DiscoveryRequest{ResourceNames: []string{NameDefault, NameRootCA}})
+		done <- result{resp, err}
+	}()
+	mustSetSVID(t, store, ca.issue(t, idAPI))
+	r := <-done
+	if r.err != nil {
+		t.Fatal(r.err)
+	}
+	if got := sotwSecrets(t, r.resp); !sameNames(got, NameDefault, NameRootCA) {
+		t.Fatalf("names %v, want default and ROOTCA", names(got))
 	}
 }
 

@@ -90,8 +90,8 @@ func (ca *testCA) bundle() *x509bundle.Bundle {
 	return x509bundle.FromX509Authorities(ca.td, []*x509.Certificate{ca.root})
 }
 
-// issue returns a fresh SVID (new key, new serial) for id.
-func (ca *testCA) issue(t testing.TB, id spiffeid.ID) *x509svid.SVID {
+// issue returns a fresh SVID (new key, new serial) for id, with the DNS SANs given.
+func (ca *testCA) issue(t testing.TB, id spiffeid.ID, dns ...string) *x509svid.SVID {
 	t.Helper()
 	key := newKey(t)
 	u := id.URL()
@@ -103,6 +103,7 @@ func (ca *testCA) issue(t testing.TB, id spiffeid.ID) *x509svid.SVID {
 		KeyUsage:     x509.KeyUsageDigitalSignature,
 		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth, x509.ExtKeyUsageServerAuth},
 		URIs:         []*url.URL{u},
+		DNSNames:     dns,
 	}, ca.inter, key.Public(), ca.interKey)
 	return &x509svid.SVID{ID: id, Certificates: []*x509.Certificate{leaf, ca.inter}, PrivateKey: key}
 }
