@@ -28,7 +28,9 @@ func Require(t testing.TB, command, requireVar string) string {
 func RequireOpenSSL(t testing.TB) string { return Require(t, "openssl", "MESHCA_REQUIRE_SOFTHSM") }
 
 // RequireSoftHSM returns the path of softhsm2-util.
-func RequireSoftHSM(t testing.TB) string { return Require(t, "softhsm2-util", "MESHCA_REQUIRE_SOFTHSM") }
+func RequireSoftHSM(t testing.TB) string {
+	return Require(t, "softhsm2-util", "MESHCA_REQUIRE_SOFTHSM")
+}
 
 // RequireDocker returns the path of the docker command; it also checks the engine answers.
 func RequireDocker(t testing.TB) string {
