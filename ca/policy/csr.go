@@ -89,7 +89,9 @@ func checkCSR(c *collector, csr *x509.CertificateRequest, issuer *x509.Certifica
 func checkKey(c *collector, csr *x509.CertificateRequest) {
 	switch k := csr.PublicKey.(type) {
 	case *ecdsa.PublicKey:
-		if k.Curve != elliptic.P256() && k.Curve != elliptic.P384() {
+		if k.Curve == nil {
+			c.add("csr", ErrKeyNotAllowed, "ECDSA key has no curve")
+		} else if k.Curve != elliptic.P256() && k.Curve != elliptic.P384() {
 			c.add("csr", ErrKeyNotAllowed, "ECDSA curve %s is not allowed (want P-256 or P-384)", k.Curve.Params().Name)
 		}
 	case *rsa.PublicKey:
