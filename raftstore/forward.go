@@ -148,6 +148,8 @@ func (n *Node) callLeader(ctx context.Context, epoch context.Context, id, addr s
 	switch status.Code(err) {
 	case codes.Unavailable, codes.FailedPrecondition, codes.Aborted, codes.DeadlineExceeded, codes.Canceled:
 		return fmt.Errorf("%w: leader %s at %s: %w", errRetry, id, addr, err)
+	case codes.NotFound:
+		return fmt.Errorf("raftstore: leader %s at %s: %w: %s", id, addr, ErrUnknownServer, status.Convert(err).Message())
 	}
 	return fmt.Errorf("raftstore: leader %s at %s: %w", id, addr, err)
 }

@@ -37,31 +37,58 @@ func (n *Node) Join(ctx context.Context, id, addr string) error {
 }
 
 // Remove removes the node id from the cluster. On a follower the request is forwarded to the
-// leader. Removing the leader itself makes it step down once the change is committed.
+// leader. Removing the leader itself makes it step down once the change is committed. A
+// server that is not in the configuration fails with ErrUnknownServer, except on a retry
+// (after a leader change hid the first attempt's outcome), where its absence means done.
 func (n *Node) Remove(ctx context.Context, id string) error {
 	if err := validNodeID(id); err != nil {
 		return fmt.Errorf("raftstore: remove: id: %w", err)
 	}
+	attempts := 0
+	goneOnRetry := func(err error) error {
+		attempts++
+		if attempts > 1 && errors.Is(err, ErrUnknownServer) {
+			return nil
+		}
+		return err
+	}
 	_, err := n.leaderCall(ctx, "remove",
-		func(ctx context.Context) error { return n.removeLocal(ctx, id) },
+		func(ctx context.Context) error { return goneOnRetry(n.removeLocal(ctx, id)) },
 		func(ctx context.Context, c meshcav1.InternalClient) error {
 			_, err := c.RemoveServer(ctx, &meshcav1.RemoveServerRequest{Id: id})
-			return err
+			if status.Code(err) == codes.NotFound {
+				err = fmt.Errorf("%w: %s", ErrUnknownServer, status.Convert(err).Message())
+			}
+			return goneOnRetry(err)
 		})
 	return err
 }
 
 // TransferLeadership hands leadership to the voter to, or to the most up-to-date follower when
-// to is empty. On a follower the request is forwarded to the leader.
+// to is empty. On a follower the request is forwarded to the leader. Once the leader differs
+// from the one at the call, the transfer is done: a retry never transfers a second time.
 func (n *Node) TransferLeadership(ctx context.Context, to string) error {
 	if to != "" {
 		if err := validNodeID(to); err != nil {
 			return fmt.Errorf("raftstore: transfer leadership: to: %w", err)
 		}
 	}
+	from, _ := n.Leader()
+	moved := func() bool {
+		id, _ := n.Leader()
+		return from != "" && id != "" && id != from
+	}
 	_, err := n.leaderCall(ctx, "transfer leadership",
-		func(ctx context.Context) error { return n.transferLocal(ctx, to) },
+		func(ctx context.Context) error {
+			if moved() {
+				return nil
+			}
+			return n.transferLocal(ctx, to)
+		},
 		func(ctx context.Context, c meshcav1.InternalClient) error {
+			if moved() {
+				return nil
+			}
 			_, err := c.TransferLeadership(ctx, &meshcav1.TransferLeadershipRequest{Id: to})
 			return err
 		})
