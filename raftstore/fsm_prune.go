@@ -36,16 +36,21 @@ func applyPrune(tx *txn, c *meshcav1.PruneCommand) outcome {
 	res := &meshcav1.PruneResult{}
 	var more bool
 
+	// A certificate takes with it the key use it made first (its not_after is the
+	// certificate's) and its revocation (an expired certificate needs no CRL entry).
 	tx.certExpiry, res.Certs, more = pruneExpired(tx.certExpiry, cutoff, limit, func(serial string) {
+		if c, ok := tx.certs.Get(serial); ok {
+			spki := string(c.GetSpkiSha256())
+			if ku, ok := tx.keyUses.Get(spki); ok && ku.GetSerial() == serial {
+				tx.keyUses = tx.keyUses.Delete(spki)
+				res.KeyUses++
+			}
+		}
+		if _, ok := tx.revocations.Get(serial); ok {
+			tx.revocations = tx.revocations.Delete(serial)
+			res.Revocations++
+		}
 		tx.certs = tx.certs.Delete(serial)
-	})
-	res.More = res.More || more
-	tx.keyUseExpiry, res.KeyUses, more = pruneExpired(tx.keyUseExpiry, cutoff, limit, func(spki string) {
-		tx.keyUses = tx.keyUses.Delete(spki)
-	})
-	res.More = res.More || more
-	tx.revocationExpiry, res.Revocations, more = pruneExpired(tx.revocationExpiry, cutoff, limit, func(serial string) {
-		tx.revocations = tx.revocations.Delete(serial)
 	})
 	res.More = res.More || more
 	if res.Revocations > 0 {

@@ -2,6 +2,7 @@ package raftstore
 
 import (
 	"fmt"
+	"time"
 
 	meshcav1 "github.com/meshca/meshca/api/meshca/v1"
 )
@@ -64,10 +65,12 @@ func (tx *txn) recordIssuance(c *meshcav1.Cert) {
 			SpkiSha256: c.GetSpkiSha256(), Serial: c.GetSerial(), Instance: c.GetInstance(),
 			FirstUsed: tx.now, NotAfter: c.GetNotAfter(),
 		})
-		tx.keyUseExpiry = tx.keyUseExpiry.Set(expiryKey(c.GetNotAfter(), spki), struct{}{})
 	}
-	if u, ok := tx.issuerUses.Get(c.GetIssuerId()); !ok || u.GetLastNotAfter() < c.GetNotAfter() {
-		tx.issuerUses = tx.issuerUses.Set(c.GetIssuerId(), &meshcav1.IssuerUse{IssuerId: c.GetIssuerId(), LastNotAfter: c.GetNotAfter()})
+	// The bound is rounded up to the hour: it stays a safe upper bound for root retirement,
+	// and the record changes once an hour instead of with every certificate.
+	bound := ceilHour(c.GetNotAfter())
+	if u, ok := tx.issuerUses.Get(c.GetIssuerId()); !ok || u.GetLastNotAfter() < bound {
+		tx.issuerUses = tx.issuerUses.Set(c.GetIssuerId(), &meshcav1.IssuerUse{IssuerId: c.GetIssuerId(), LastNotAfter: bound})
 	}
 }
 
@@ -89,7 +92,6 @@ func (tx *txn) revokeSerial(serial string, reason meshcav1.RevocationReason, det
 		Serial: serial, Time: tx.now, Reason: reason, Detail: detail, NotAfter: cert.GetNotAfter(), Instance: instance,
 	}
 	tx.revocations = tx.revocations.Set(serial, r)
-	tx.revocationExpiry = tx.revocationExpiry.Set(expiryKey(r.GetNotAfter(), serial), struct{}{})
 	return r, true
 }
 
@@ -248,3 +250,14 @@ func deny(code meshcav1.ResultCode, format string, args ...any) *outcome {
 
 // indexed names an element of a repeated field.
 func indexed(field string, i int) string { return fmt.Sprintf("%s[%d]", field, i) }
+
+// ceilHour rounds a Unix-nanosecond time up to a whole hour.
+func ceilHour(t int64) int64 {
+	const hour = int64(time.Hour)
+	if r := t % hour; r > 0 {
+		return t + hour - r
+	} else if r < 0 {
+		return t - r
+	}
+	return t
+}

@@ -49,39 +49,37 @@ type State struct {
 	receipts    *table[string, *meshcav1.CommandReceipt]
 
 	// Derived indexes, rebuilt on restore and not part of snapshots or the state hash.
-	receiptOrder     *table[uint64, string]   // receipt sequence → command id
-	certExpiry       *table[string, struct{}] // expiryKey(not_after, serial)
-	keyUseExpiry     *table[string, struct{}] // expiryKey(not_after, spki)
-	revocationExpiry *table[string, struct{}] // expiryKey(not_after, serial)
-	tokenExpiry      *table[string, struct{}] // expiryKey(expires, jti)
-	nonceExpiry      *table[string, struct{}] // expiryKey(expires, nonce key)
+	receiptOrder *table[uint64, string] // receipt sequence → command id
+	// certExpiry also prunes the key use a certificate first made and its revocation: both
+	// end with the certificate.
+	certExpiry  *table[string, struct{}] // expiryKey(not_after, serial)
+	tokenExpiry *table[string, struct{}] // expiryKey(expires, jti)
+	nonceExpiry *table[string, struct{}] // expiryKey(expires, nonce key)
 }
 
 // emptyState is the state of a new cluster.
 func emptyState() *State {
 	return &State{
-		nextEvent:        1,
-		nextReceipt:      1,
-		domains:          newTable[string, *meshcav1.Domain](),
-		services:         newTable[string, *meshcav1.Service](),
-		providers:        newTable[string, *meshcav1.Provider](),
-		instances:        newTable[string, *meshcav1.Instance](),
-		certs:            newTable[string, *meshcav1.Cert](),
-		keyUses:          newTable[string, *meshcav1.KeyUse](),
-		revocations:      newTable[string, *meshcav1.Revocation](),
-		issuerUses:       newTable[string, *meshcav1.IssuerUse](),
-		federations:      newTable[string, *meshcav1.Federation](),
-		tokens:           newTable[string, *meshcav1.Token](),
-		nonces:           newTable[string, *meshcav1.Nonce](),
-		csrRequests:      newTable[string, *meshcav1.CSRRequest](),
-		events:           newTable[uint64, *meshcav1.Event](),
-		receipts:         newTable[string, *meshcav1.CommandReceipt](),
-		receiptOrder:     newTable[uint64, string](),
-		certExpiry:       newTable[string, struct{}](),
-		keyUseExpiry:     newTable[string, struct{}](),
-		revocationExpiry: newTable[string, struct{}](),
-		tokenExpiry:      newTable[string, struct{}](),
-		nonceExpiry:      newTable[string, struct{}](),
+		nextEvent:    1,
+		nextReceipt:  1,
+		domains:      newTable[string, *meshcav1.Domain](),
+		services:     newTable[string, *meshcav1.Service](),
+		providers:    newTable[string, *meshcav1.Provider](),
+		instances:    newTable[string, *meshcav1.Instance](),
+		certs:        newTable[string, *meshcav1.Cert](),
+		keyUses:      newTable[string, *meshcav1.KeyUse](),
+		revocations:  newTable[string, *meshcav1.Revocation](),
+		issuerUses:   newTable[string, *meshcav1.IssuerUse](),
+		federations:  newTable[string, *meshcav1.Federation](),
+		tokens:       newTable[string, *meshcav1.Token](),
+		nonces:       newTable[string, *meshcav1.Nonce](),
+		csrRequests:  newTable[string, *meshcav1.CSRRequest](),
+		events:       newTable[uint64, *meshcav1.Event](),
+		receipts:     newTable[string, *meshcav1.CommandReceipt](),
+		receiptOrder: newTable[uint64, string](),
+		certExpiry:   newTable[string, struct{}](),
+		tokenExpiry:  newTable[string, struct{}](),
+		nonceExpiry:  newTable[string, struct{}](),
 	}
 }
 
@@ -94,7 +92,7 @@ func (s *State) fork() *State {
 		certs: s.certs, keyUses: s.keyUses, revocations: s.revocations, issuerUses: s.issuerUses,
 		federations: s.federations, tokens: s.tokens, nonces: s.nonces, csrRequests: s.csrRequests,
 		events: s.events, receipts: s.receipts, receiptOrder: s.receiptOrder,
-		certExpiry: s.certExpiry, keyUseExpiry: s.keyUseExpiry, revocationExpiry: s.revocationExpiry,
+		certExpiry:  s.certExpiry,
 		tokenExpiry: s.tokenExpiry, nonceExpiry: s.nonceExpiry,
 	}
 	return c

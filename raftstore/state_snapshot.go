@@ -243,25 +243,25 @@ func (rr *recordReader) next(rec *meshcav1.SnapshotRecord) (framed []byte, err e
 
 // stateBuilder fills the tables of a state being restored, in place.
 type stateBuilder struct {
-	s                                                       *State
-	domains                                                 *immutable.SortedMapBuilder[string, *meshcav1.Domain]
-	services                                                *immutable.SortedMapBuilder[string, *meshcav1.Service]
-	providers                                               *immutable.SortedMapBuilder[string, *meshcav1.Provider]
-	instances                                               *immutable.SortedMapBuilder[string, *meshcav1.Instance]
-	certs                                                   *immutable.SortedMapBuilder[string, *meshcav1.Cert]
-	keyUses                                                 *immutable.SortedMapBuilder[string, *meshcav1.KeyUse]
-	revocations                                             *immutable.SortedMapBuilder[string, *meshcav1.Revocation]
-	issuerUses                                              *immutable.SortedMapBuilder[string, *meshcav1.IssuerUse]
-	federations                                             *immutable.SortedMapBuilder[string, *meshcav1.Federation]
-	tokens                                                  *immutable.SortedMapBuilder[string, *meshcav1.Token]
-	nonces                                                  *immutable.SortedMapBuilder[string, *meshcav1.Nonce]
-	csrRequests                                             *immutable.SortedMapBuilder[string, *meshcav1.CSRRequest]
-	events                                                  *immutable.SortedMapBuilder[uint64, *meshcav1.Event]
-	receipts                                                *immutable.SortedMapBuilder[string, *meshcav1.CommandReceipt]
-	receiptOrder                                            *immutable.SortedMapBuilder[uint64, string]
-	certExpiry, keyUseExpiry, revocationExpiry, tokenExpiry *immutable.SortedMapBuilder[string, struct{}]
-	nonceExpiry                                             *immutable.SortedMapBuilder[string, struct{}]
-	sawCounters                                             bool
+	s                       *State
+	domains                 *immutable.SortedMapBuilder[string, *meshcav1.Domain]
+	services                *immutable.SortedMapBuilder[string, *meshcav1.Service]
+	providers               *immutable.SortedMapBuilder[string, *meshcav1.Provider]
+	instances               *immutable.SortedMapBuilder[string, *meshcav1.Instance]
+	certs                   *immutable.SortedMapBuilder[string, *meshcav1.Cert]
+	keyUses                 *immutable.SortedMapBuilder[string, *meshcav1.KeyUse]
+	revocations             *immutable.SortedMapBuilder[string, *meshcav1.Revocation]
+	issuerUses              *immutable.SortedMapBuilder[string, *meshcav1.IssuerUse]
+	federations             *immutable.SortedMapBuilder[string, *meshcav1.Federation]
+	tokens                  *immutable.SortedMapBuilder[string, *meshcav1.Token]
+	nonces                  *immutable.SortedMapBuilder[string, *meshcav1.Nonce]
+	csrRequests             *immutable.SortedMapBuilder[string, *meshcav1.CSRRequest]
+	events                  *immutable.SortedMapBuilder[uint64, *meshcav1.Event]
+	receipts                *immutable.SortedMapBuilder[string, *meshcav1.CommandReceipt]
+	receiptOrder            *immutable.SortedMapBuilder[uint64, string]
+	certExpiry, tokenExpiry *immutable.SortedMapBuilder[string, struct{}]
+	nonceExpiry             *immutable.SortedMapBuilder[string, struct{}]
+	sawCounters             bool
 }
 
 func builder[K string | uint64, V any]() *immutable.SortedMapBuilder[K, V] {
@@ -279,8 +279,7 @@ func newStateBuilder() *stateBuilder {
 		nonces: builder[string, *meshcav1.Nonce](), csrRequests: builder[string, *meshcav1.CSRRequest](),
 		events: builder[uint64, *meshcav1.Event](), receipts: builder[string, *meshcav1.CommandReceipt](),
 		receiptOrder: builder[uint64, string](),
-		certExpiry:   builder[string, struct{}](), keyUseExpiry: builder[string, struct{}](),
-		revocationExpiry: builder[string, struct{}](), tokenExpiry: builder[string, struct{}](),
+		certExpiry:   builder[string, struct{}](), tokenExpiry: builder[string, struct{}](),
 		nonceExpiry: builder[string, struct{}](),
 	}
 }
@@ -311,12 +310,9 @@ func (b *stateBuilder) add(rec *meshcav1.SnapshotRecord) error {
 		b.certs.Set(r.Cert.GetSerial(), r.Cert)
 		b.certExpiry.Set(expiryKey(r.Cert.GetNotAfter(), r.Cert.GetSerial()), struct{}{})
 	case *meshcav1.SnapshotRecord_KeyUse:
-		k := string(r.KeyUse.GetSpkiSha256())
-		b.keyUses.Set(k, r.KeyUse)
-		b.keyUseExpiry.Set(expiryKey(r.KeyUse.GetNotAfter(), k), struct{}{})
+		b.keyUses.Set(string(r.KeyUse.GetSpkiSha256()), r.KeyUse)
 	case *meshcav1.SnapshotRecord_Revocation:
 		b.revocations.Set(r.Revocation.GetSerial(), r.Revocation)
-		b.revocationExpiry.Set(expiryKey(r.Revocation.GetNotAfter(), r.Revocation.GetSerial()), struct{}{})
 	case *meshcav1.SnapshotRecord_IssuerUse:
 		b.issuerUses.Set(r.IssuerUse.GetIssuerId(), r.IssuerUse)
 	case *meshcav1.SnapshotRecord_Federation:
@@ -350,7 +346,7 @@ func (b *stateBuilder) state() (*State, error) {
 	s.certs, s.keyUses, s.revocations, s.issuerUses = b.certs.Map(), b.keyUses.Map(), b.revocations.Map(), b.issuerUses.Map()
 	s.federations, s.tokens, s.nonces, s.csrRequests = b.federations.Map(), b.tokens.Map(), b.nonces.Map(), b.csrRequests.Map()
 	s.events, s.receipts, s.receiptOrder = b.events.Map(), b.receipts.Map(), b.receiptOrder.Map()
-	s.certExpiry, s.keyUseExpiry, s.revocationExpiry = b.certExpiry.Map(), b.keyUseExpiry.Map(), b.revocationExpiry.Map()
+	s.certExpiry = b.certExpiry.Map()
 	s.tokenExpiry, s.nonceExpiry = b.tokenExpiry.Map(), b.nonceExpiry.Map()
 	return s, nil
 }

@@ -1498,12 +1498,14 @@ func (x *CA) GetUpdated() int64 {
 	return 0
 }
 
-// IssuerUse records the latest not_after of any certificate an issuer signed, so a root can be
+// IssuerUse bounds the not_after of every certificate an issuer signed, so a root can be
 // dropped only after every certificate under it has expired. Key: issuer_id.
 type IssuerUse struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	IssuerId      string                 `protobuf:"bytes,1,opt,name=issuer_id,json=issuerId,proto3" json:"issuer_id,omitempty"`
-	LastNotAfter  int64                  `protobuf:"varint,2,opt,name=last_not_after,json=lastNotAfter,proto3" json:"last_not_after,omitempty"`
+	state    protoimpl.MessageState `protogen:"open.v1"`
+	IssuerId string                 `protobuf:"bytes,1,opt,name=issuer_id,json=issuerId,proto3" json:"issuer_id,omitempty"`
+	// The latest not_after, rounded up to a whole hour (a safe upper bound that changes at most
+	// once an hour).
+	LastNotAfter  int64 `protobuf:"varint,2,opt,name=last_not_after,json=lastNotAfter,proto3" json:"last_not_after,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
