@@ -366,7 +366,10 @@ func NewNode(cfg NodeConfig, fsm raft.FSM) (_ *Node, err error) {
 	// locked), so the node owns the metadata store and closes it after the log.
 	n.metaStore = &metadb.BoltMetaDB{}
 	closers = append(closers, func() { n.metaStore.Close() })
-	n.logStore, err = wal.Open(walDir, wal.WithLogger(hlog.Named("wal")), wal.WithMetaStore(n.metaStore))
+	n.logStore, err = wal.Open(walDir,
+		wal.WithLogger(hlog.Named("wal")),
+		wal.WithMetaStore(n.metaStore),
+		wal.WithSegmentFiler(newSegmentFiler(walDir)))
 	if err != nil {
 		return nil, fmt.Errorf("raftstore: open log in %q: %w", cfg.DataDir, err)
 	}
