@@ -101,6 +101,17 @@ func WriteFiles(dir string, v View) error {
 	return syncDir(dir)
 }
 
+// WriteFileAtomic replaces path with data the way the secret files are replaced: a temporary
+// file in the same directory with mode set before any byte is written, fsync, rename over path,
+// then fsync of the directory so the rename survives a crash. A reader sees the old content or
+// the new, never a partial file.
+func WriteFileAtomic(path string, data []byte, mode os.FileMode) error {
+	if err := writeAtomic(path, data, mode); err != nil {
+		return err
+	}
+	return syncDir(filepath.Dir(path))
+}
+
 // writeAtomic replaces path with data: temporary file in the same directory, mode set before any
 // byte is written, fsync, rename.
 func writeAtomic(path string, data []byte, mode os.FileMode) (err error) {

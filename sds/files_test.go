@@ -169,3 +169,30 @@ func TestFileWriterFollowsRotation(t *testing.T) {
 		})
 	}
 }
+
+func TestWriteFileAtomicSetsTheModeAndReplacesTheFile(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "state.json")
+	for _, content := range []string{"first", "second"} {
+		if err := WriteFileAtomic(path, []byte(content), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		got, err := os.ReadFile(path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if string(got) != content {
+			t.Fatalf("content %q, want %q", got, content)
+		}
+		fi, err := os.Stat(path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if fi.Mode().Perm() != 0o600 {
+			t.Fatalf("mode %o, want 600", fi.Mode().Perm())
+		}
+	}
+	left, err := filepath.Glob(filepath.Join(filepath.Dir(path), ".*.tmp"))
+	if err != nil || len(left) != 0 {
+		t.Fatalf("temporary files left behind: %v %v", left, err)
+	}
+}
