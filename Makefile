@@ -11,7 +11,7 @@ PROTOC_GEN_GO_GRPC_VERSION := v1.5.1
 
 APT_PACKAGES := softhsm2 opensc openssl protobuf-compiler
 
-.PHONY: all build test unit run bench proto lint images tools clean apt-tools go-tools
+.PHONY: all build test unit run bench proto proto-check lint images tools clean apt-tools go-tools
 
 all: build
 
@@ -52,6 +52,20 @@ proto: apt-tools go-tools
 		--go-grpc_out=api --go-grpc_opt=paths=source_relative \
 		$$(cd api && find . -name '*.proto' | sort)
 
+## proto-check: the committed generated code is exactly what `make proto` produces.
+proto-check: apt-tools go-tools
+	@tmp=$$(mktemp -d); trap 'rm -rf $$tmp' EXIT; \
+	protoc --proto_path=api \
+		--go_out=$$tmp --go_opt=paths=source_relative \
+		--go-grpc_out=$$tmp --go-grpc_opt=paths=source_relative \
+		$$(cd api && find . -name '*.proto' | sort); \
+	for f in $$(cd $$tmp && find . -name '*.go' | sort); do \
+		cmp -s $$tmp/$$f api/$$f || { echo "api/$$f differs from what make proto generates; run make proto"; exit 1; }; \
+	done; \
+	for f in $$(cd api && find . -name '*.pb.go' | sort); do \
+		[ -f $$tmp/$$f ] || { echo "api/$$f has no .proto; remove it"; exit 1; }; \
+	done
+
 ## lint: gofmt and go vet.
 lint:
 	@bad=$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go')); \
@@ -60,7 +74,7 @@ lint:
 	CGO_ENABLED=0 $(GO) vet ./...
 
 ## test: lint, the race-enabled unit tests, and the integration suites (real processes).
-test: tools lint
+test: tools lint proto-check
 	CGO_ENABLED=0 $(GO) build ./...
 	$(GO) test -race -count=1 -timeout 20m ./...
 
