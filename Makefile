@@ -50,7 +50,7 @@ proto: apt-tools go-tools
 	protoc --proto_path=api \
 		--go_out=api --go_opt=paths=source_relative \
 		--go-grpc_out=api --go-grpc_opt=paths=source_relative \
-		$$(cd api && find . -name '*.proto' | sort)
+		$$(cd api && find . -name '*.proto' | sed 's|^\./||' | sort)
 
 ## proto-check: the committed generated code is exactly what `make proto` produces.
 proto-check: apt-tools go-tools
@@ -58,7 +58,7 @@ proto-check: apt-tools go-tools
 	protoc --proto_path=api \
 		--go_out=$$tmp --go_opt=paths=source_relative \
 		--go-grpc_out=$$tmp --go-grpc_opt=paths=source_relative \
-		$$(cd api && find . -name '*.proto' | sort); \
+		$$(cd api && find . -name '*.proto' | sed 's|^\./||' | sort); \
 	for f in $$(cd $$tmp && find . -name '*.go' | sort); do \
 		cmp -s $$tmp/$$f api/$$f || { echo "api/$$f differs from what make proto generates; run make proto"; exit 1; }; \
 	done; \
