@@ -13,6 +13,8 @@ import (
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"go.yaml.in/yaml/v3"
+
+	"github.com/meshca/meshca/ca/signer"
 )
 
 // Config is meshca-server's configuration file. Decode it with LoadConfig or DecodeConfig:
@@ -52,6 +54,9 @@ type ListenConfig struct {
 	// HTTP serves /metrics, /healthz, /readyz, /crl, the extend API and the SPIFFE bundle
 	// endpoint over HTTPS.
 	HTTP string `yaml:"http"`
+	// ServerNames are extra DNS names or IP addresses put in the node certificate besides the
+	// listen hosts (e.g. a load balancer's name).
+	ServerNames []string `yaml:"server_names"`
 }
 
 // CA modes.
@@ -80,6 +85,13 @@ type CAConfig struct {
 	WorkloadTTL Duration `yaml:"workload_ttl"`
 	// MaxWorkloadTTL bounds a requested lifetime (720h, 30 days).
 	MaxWorkloadTTL Duration `yaml:"max_workload_ttl"`
+	// DenyServerAuth refuses requests for the serverAuth purpose: workload certificates are
+	// then for TLS clients only. By default a workload may ask for serverAuth, as mesh
+	// sidecars serve mutual TLS with their identity certificate.
+	DenyServerAuth bool `yaml:"deny_server_auth"`
+	// NodeCertTTL is the lifetime of this node's own certificate (24h); it is renewed at half
+	// its life.
+	NodeCertTTL Duration `yaml:"node_cert_ttl"`
 }
 
 // PKCS11Config locates the CA key on a token. The PIN comes from a file or an environment
@@ -135,6 +147,8 @@ type LimitsConfig struct {
 	// MaxStreamsPerCaller bounds concurrent server streams (WatchEvents, bundle SDS) a caller
 	// may hold.
 	MaxStreamsPerCaller int `yaml:"max_streams_per_caller"`
+	// ProviderTimeout bounds one call to a provider's confirm endpoint (5s).
+	ProviderTimeout Duration `yaml:"provider_timeout"`
 }
 
 // Duration is a time.Duration written in YAML as "24h", "90s". A value that does not parse is
@@ -240,9 +254,17 @@ func (c *Config) setDefaults() {
 	if c.Limits.MaxStreamsPerCaller == 0 {
 		c.Limits.MaxStreamsPerCaller = 16
 	}
+	if c.Limits.ProviderTimeout.d == 0 && !c.Limits.ProviderTimeout.bad {
+		c.Limits.ProviderTimeout = NewDuration(5 * time.Second)
+	}
+	if c.CA.NodeCertTTL.d == 0 && !c.CA.NodeCertTTL.bad {
+		c.CA.NodeCertTTL = NewDuration(24 * time.Hour)
+	}
 }
 
 var nodeIDPattern = regexp.MustCompile(`^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$`)
+
+var serverNamePattern = regexp.MustCompile(`^([a-zA-Z0-9]([a-zA-Z0-9-]{0,61}[a-zA-Z0-9])?\.)*[a-zA-Z0-9]([a-zA-Z0-9-]{0,61}[a-zA-Z0-9])?$`)
 
 // Validate checks every field, naming the field and the rule of the first bad one.
 func (c *Config) Validate() error {
@@ -288,12 +310,27 @@ func (c *Config) Validate() error {
 	if c.CA.Mode == CAModeSelfSigned && c.CA.KEKFile == "" && c.CA.KEKEnv == "" {
 		return bad("ca", "kek_file or kek_env is required: the self-signed CA key is kept encrypted at rest")
 	}
+	if c.CA.Mode == CAModeCACerts && c.CA.KEKFile == "" && c.CA.KEKEnv == "" {
+		return bad("ca", "kek_file or kek_env is required in cacerts mode: the CA key is replicated to the other nodes sealed under the KEK")
+	}
+	if c.CA.KEKFile != "" && c.CA.KEKEnv != "" {
+		return bad("ca", "set one of kek_file and kek_env, not both")
+	}
+	if _, err := signer.ParseKeyType(c.CA.KeyType); err != nil {
+		return bad("ca.key_type", "%q is not one of ecdsa-p256, ecdsa-p384, rsa-2048, rsa-3072, rsa-4096, ed25519", c.CA.KeyType)
+	}
+	for i, n := range c.Listen.ServerNames {
+		if net.ParseIP(n) == nil && !serverNamePattern.MatchString(n) {
+			return bad(fmt.Sprintf("listen.server_names[%d]", i), "%q is neither an IP address nor a DNS name", n)
+		}
+	}
 	for _, d := range []struct {
 		field string
 		d     Duration
 	}{
 		{"ca.workload_ttl", c.CA.WorkloadTTL}, {"ca.max_workload_ttl", c.CA.MaxWorkloadTTL},
 		{"raft.heartbeat_timeout", c.Raft.HeartbeatTimeout}, {"raft.election_timeout", c.Raft.ElectionTimeout},
+		{"ca.node_cert_ttl", c.CA.NodeCertTTL}, {"limits.provider_timeout", c.Limits.ProviderTimeout},
 	} {
 		if err := d.d.check(d.field); err != nil {
 			return err
@@ -348,6 +385,24 @@ func (c *Config) Validate() error {
 		seenSuffix[p.DNSSuffix] = true
 		if !strings.HasPrefix(p.ConfirmEndpoint, "https://") {
 			return bad(field+".confirm_endpoint", "%q must be an https:// URL", p.ConfirmEndpoint)
+		}
+	}
+	if c.CA.NodeCertTTL.D() < time.Minute {
+		return bad("ca.node_cert_ttl", "%s is below the 1m minimum", c.CA.NodeCertTTL.D())
+	}
+	if c.Limits.ProviderTimeout.D() < 10*time.Millisecond || c.Limits.ProviderTimeout.D() > time.Minute {
+		return bad("limits.provider_timeout", "%s must be between 10ms and 1m", c.Limits.ProviderTimeout.D())
+	}
+	for _, l := range []struct {
+		field string
+		n     int
+	}{
+		{"limits.issue_per_identity_per_minute", c.Limits.IssuePerIdentityPerMinute},
+		{"limits.issue_per_source_per_minute", c.Limits.IssuePerSourcePerMinute},
+		{"limits.max_streams_per_caller", c.Limits.MaxStreamsPerCaller},
+	} {
+		if l.n < 0 {
+			return bad(l.field, "%d is negative", l.n)
 		}
 	}
 	if c.Limits.MaxMessageBytes < 4<<10 {
