@@ -37,6 +37,8 @@ type testCluster struct {
 	fsms  []*kvfsm.FSM
 	regs  []*prometheus.Registry
 	tune  func(*NodeConfig)
+	// newFSM, when set, gives node i a state machine other than kvfsm (fsms[i] is then nil).
+	newFSM func(i int) raft.FSM
 }
 
 func testLogger(t testing.TB) *slog.Logger {
@@ -49,11 +51,17 @@ func testLogger(t testing.TB) *slog.Logger {
 // newTestCluster starts size nodes that bootstrap together and waits for a leader.
 func newTestCluster(t testing.TB, size int, tune func(*NodeConfig)) *testCluster {
 	t.Helper()
+	return newTestClusterWith(t, size, tune, nil)
+}
+
+// newTestClusterWith is newTestCluster with a state machine factory (nil: kvfsm).
+func newTestClusterWith(t testing.TB, size int, tune func(*NodeConfig), newFSM func(i int) raft.FSM) *testCluster {
+	t.Helper()
 	ca, err := testpki.NewCA(testTrustDomain, time.Now())
 	if err != nil {
 		t.Fatal(err)
 	}
-	c := &testCluster{t: t, ca: ca, tune: tune}
+	c := &testCluster{t: t, ca: ca, tune: tune, newFSM: newFSM}
 	lns := make([]net.Listener, size)
 	var peers []Peer
 	for i := range size {
@@ -117,8 +125,14 @@ func (c *testCluster) start(i int, edit func(*NodeConfig)) {
 	if edit != nil {
 		edit(&cfg)
 	}
-	c.fsms[i] = kvfsm.New()
-	n, err := NewNode(cfg, c.fsms[i])
+	var fsm raft.FSM
+	if c.newFSM != nil {
+		fsm = c.newFSM(i)
+	} else {
+		c.fsms[i] = kvfsm.New()
+		fsm = c.fsms[i]
+	}
+	n, err := NewNode(cfg, fsm)
 	if err != nil {
 		c.t.Fatalf("start %s: %v", c.ids[i], err)
 	}
@@ -231,6 +245,5 @@ func propose(t testing.TB, n *Node, id, payload string) []byte {
 	return res
 }
 
-var _ raft.BatchingFSM = (*kvfsm.FSM)(nil)
 
 func newCAForTest() (*testpki.CA, error) { return testpki.NewCA(testTrustDomain, time.Now()) }
