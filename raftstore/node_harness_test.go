@@ -245,5 +245,4 @@ func propose(t testing.TB, n *Node, id, payload string) []byte {
 	return res
 }
 
-
 func newCAForTest() (*testpki.CA, error) { return testpki.NewCA(testTrustDomain, time.Now()) }
