@@ -1,0 +1,72 @@
+package main
+
+import (
+	"bytes"
+	"encoding/json"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+const sample = `goos: linux
+goarch: amd64
+pkg: github.com/meshca/meshca/raftstore
+cpu: Example CPU @ 2.00GHz
+BenchmarkPropose/leader/c=64-2         	    5000	    200000 ns/op	   4800 cmds/s	  1.5 p50-ms	  9.25 p99-ms
+BenchmarkSnapshotMillionInstances-2    	       1	3000000000 ns/op	  512.0 vmrss_MiB	 2.1 snapshot_s
+pkg: github.com/meshca/meshca/ca
+BenchmarkIssue/p256/serial-2           	   10000	    250000 ns/op	    5000 B/op	      60 allocs/op
+PASS
+`
+
+func TestReportWritesResultsAndComparesWithPrevious(t *testing.T) {
+	dir := t.TempDir()
+	out := filepath.Join(dir, "results.json")
+	prev := filepath.Join(dir, "prev.json")
+	old := File{Results: []Result{{Name: "raftstore/BenchmarkPropose/leader/c=64", OpsPerSec: 2400}}}
+	raw, _ := json.Marshal(old)
+	if err := os.WriteFile(prev, raw, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	var table bytes.Buffer
+	if err := run(strings.NewReader(sample), &table, out, prev); err != nil {
+		t.Fatal(err)
+	}
+	var f File
+	data, err := os.ReadFile(out)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := json.Unmarshal(data, &f); err != nil {
+		t.Fatal(err)
+	}
+	if len(f.Results) != 3 {
+		t.Fatalf("results = %d, want 3", len(f.Results))
+	}
+	p := f.Results[0]
+	if p.Name != "raftstore/BenchmarkPropose/leader/c=64" || p.Parameters["c"] != "64" {
+		t.Errorf("name/params = %q %v", p.Name, p.Parameters)
+	}
+	if p.OpsPerSec != 4800 || p.P50Ms != 1.5 || p.P99Ms != 9.25 {
+		t.Errorf("ops/p50/p99 = %v %v %v", p.OpsPerSec, p.P50Ms, p.P99Ms)
+	}
+	if s := f.Results[1]; s.RSS != 512 || s.RSSUnit != "vmrss_MiB" {
+		t.Errorf("rss = %v %q", s.RSS, s.RSSUnit)
+	}
+	if i := f.Results[2]; i.OpsPerSec != 4000 {
+		t.Errorf("ops/s from ns/op = %v, want 4000", i.OpsPerSec)
+	}
+	if f.Machine.CPU != "Example CPU @ 2.00GHz" || f.Machine.NumCPU == 0 {
+		t.Errorf("machine = %+v", f.Machine)
+	}
+	if !strings.Contains(table.String(), "2.00x ops/s") {
+		t.Errorf("table lacks the ratio to the previous run:\n%s", table.String())
+	}
+}
+
+func TestReportRefusesEmptyInput(t *testing.T) {
+	if err := run(strings.NewReader("PASS\n"), &bytes.Buffer{}, filepath.Join(t.TempDir(), "r.json"), ""); err == nil {
+		t.Fatal("an input without results must be an error, or make bench could write an empty file")
+	}
+}
