@@ -61,71 +61,14 @@ func (fx *fsmFixture) cmd(body any) *meshcav1.Command {
 	return fxCommand(fx.nextID(), fx.now, body)
 }
 
-// fxCommand builds an envelope around one command body.
+// fxCommand builds an envelope around one command body (nil: an envelope without one).
 func fxCommand(id string, now time.Time, body any) *meshcav1.Command {
-	c := &meshcav1.Command{Version: CommandVersion, Id: id, Time: now.UnixNano()}
-	switch b := body.(type) {
-	case *meshcav1.PutDomainCommand:
-		c.Command = &meshcav1.Command_PutDomain{PutDomain: b}
-	case *meshcav1.DeleteDomainCommand:
-		c.Command = &meshcav1.Command_DeleteDomain{DeleteDomain: b}
-	case *meshcav1.PutServiceCommand:
-		c.Command = &meshcav1.Command_PutService{PutService: b}
-	case *meshcav1.DeleteServiceCommand:
-		c.Command = &meshcav1.Command_DeleteService{DeleteService: b}
-	case *meshcav1.AddServiceKeyCommand:
-		c.Command = &meshcav1.Command_AddServiceKey{AddServiceKey: b}
-	case *meshcav1.RemoveServiceKeyCommand:
-		c.Command = &meshcav1.Command_RemoveServiceKey{RemoveServiceKey: b}
-	case *meshcav1.AddLaunchGrantCommand:
-		c.Command = &meshcav1.Command_AddLaunchGrant{AddLaunchGrant: b}
-	case *meshcav1.RemoveLaunchGrantCommand:
-		c.Command = &meshcav1.Command_RemoveLaunchGrant{RemoveLaunchGrant: b}
-	case *meshcav1.PutProviderCommand:
-		c.Command = &meshcav1.Command_PutProvider{PutProvider: b}
-	case *meshcav1.DeleteProviderCommand:
-		c.Command = &meshcav1.Command_DeleteProvider{DeleteProvider: b}
-	case *meshcav1.SetProviderEnabledCommand:
-		c.Command = &meshcav1.Command_SetProviderEnabled{SetProviderEnabled: b}
-	case *meshcav1.RecordRegisterCommand:
-		c.Command = &meshcav1.Command_RecordRegister{RecordRegister: b}
-	case *meshcav1.RecordRefreshCommand:
-		c.Command = &meshcav1.Command_RecordRefresh{RecordRefresh: b}
-	case *meshcav1.VerifyExtendCommand:
-		c.Command = &meshcav1.Command_VerifyExtend{VerifyExtend: b}
-	case *meshcav1.RevokeCommand:
-		c.Command = &meshcav1.Command_Revoke{Revoke: b}
-	case *meshcav1.IssueTokenCommand:
-		c.Command = &meshcav1.Command_IssueToken{IssueToken: b}
-	case *meshcav1.ConsumeTokenCommand:
-		c.Command = &meshcav1.Command_ConsumeToken{ConsumeToken: b}
-	case *meshcav1.UseNonceCommand:
-		c.Command = &meshcav1.Command_UseNonce{UseNonce: b}
-	case *meshcav1.SubmitCSRCommand:
-		c.Command = &meshcav1.Command_SubmitCsr{SubmitCsr: b}
-	case *meshcav1.ApproveCSRCommand:
-		c.Command = &meshcav1.Command_ApproveCsr{ApproveCsr: b}
-	case *meshcav1.DenyCSRCommand:
-		c.Command = &meshcav1.Command_DenyCsr{DenyCsr: b}
-	case *meshcav1.RecordCSRIssuedCommand:
-		c.Command = &meshcav1.Command_RecordCsrIssued{RecordCsrIssued: b}
-	case *meshcav1.SetCACommand:
-		c.Command = &meshcav1.Command_SetCa{SetCa: b}
-	case *meshcav1.PrepareCARotationCommand:
-		c.Command = &meshcav1.Command_PrepareCaRotation{PrepareCaRotation: b}
-	case *meshcav1.ActivateCAIssuerCommand:
-		c.Command = &meshcav1.Command_ActivateCaIssuer{ActivateCaIssuer: b}
-	case *meshcav1.RetireCARootCommand:
-		c.Command = &meshcav1.Command_RetireCaRoot{RetireCaRoot: b}
-	case *meshcav1.PutFederationCommand:
-		c.Command = &meshcav1.Command_PutFederation{PutFederation: b}
-	case *meshcav1.RemoveFederationCommand:
-		c.Command = &meshcav1.Command_RemoveFederation{RemoveFederation: b}
-	case *meshcav1.PruneCommand:
-		c.Command = &meshcav1.Command_Prune{Prune: b}
-	case nil:
-	default:
-		panic(fmt.Sprintf("fxCommand: no envelope case for %T", body))
+	if body == nil {
+		return &meshcav1.Command{Version: CommandVersion, Id: id, Time: now.UnixNano()}
+	}
+	c, err := NewCommand(id, now, body.(proto.Message))
+	if err != nil {
+		panic(err)
 	}
 	return c
 }

@@ -6,8 +6,10 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"time"
 
 	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/reflect/protoreflect"
 
 	meshcav1 "github.com/meshca/meshca/api/meshca/v1"
 )
@@ -119,6 +121,22 @@ func NewCommandID() string {
 		panic(fmt.Sprintf("raftstore: crypto/rand failed: %v", err))
 	}
 	return hex.EncodeToString(b[:])
+}
+
+// NewCommand wraps a command body (a *meshcav1.RecordRefreshCommand, ...) in the envelope:
+// the current protocol version, the client-chosen id, and the proposer's time.
+func NewCommand(id string, now time.Time, body proto.Message) (*meshcav1.Command, error) {
+	c := &meshcav1.Command{Version: CommandVersion, Id: id, Time: now.UnixNano()}
+	m := c.ProtoReflect()
+	want := body.ProtoReflect().Descriptor().FullName()
+	fields := m.Descriptor().Oneofs().ByName("command").Fields()
+	for i := 0; i < fields.Len(); i++ {
+		if fd := fields.Get(i); fd.Message().FullName() == want {
+			m.Set(fd, protoreflect.ValueOfMessage(body.ProtoReflect()))
+			return c, nil
+		}
+	}
+	return nil, fmt.Errorf("command body %s: %w: not a command type", want, ErrInvalidCommand)
 }
 
 // Store is the typed face of the replicated state: Apply proposes a command through the Raft

@@ -131,3 +131,22 @@ func TestNewCommandIDIsAValidUniqueID(t *testing.T) {
 		t.Fatalf("NewCommandID gave %q and %q", a, b)
 	}
 }
+
+func TestNewCommandWrapsEveryCommandType(t *testing.T) {
+	fields := (&meshcav1.Command{}).ProtoReflect().Descriptor().Oneofs().ByName("command").Fields()
+	for i := 0; i < fields.Len(); i++ {
+		fd := fields.Get(i)
+		body := (&meshcav1.Command{}).ProtoReflect().NewField(fd).Message().Interface()
+		c, err := NewCommand("id-1", fxT0, body)
+		if err != nil {
+			t.Fatalf("%s: %v", fd.Name(), err)
+		}
+		if c.GetVersion() != CommandVersion || c.GetId() != "id-1" || c.GetTime() != fxT0.UnixNano() ||
+			c.ProtoReflect().WhichOneof(fd.ContainingOneof()) != fd {
+			t.Fatalf("%s: envelope %v", fd.Name(), c)
+		}
+	}
+	if _, err := NewCommand("id-1", fxT0, &meshcav1.Instance{}); !errors.Is(err, ErrInvalidCommand) {
+		t.Fatalf("a record as command body: %v, want ErrInvalidCommand", err)
+	}
+}
