@@ -154,15 +154,22 @@ func applyRefresh(tx *txn, c *meshcav1.RecordRefreshCommand) outcome {
 	if o != nil {
 		return *o
 	}
-	if inst.GetRevoked() {
-		return refusal(codeInstanceRevoked, "%s: instance %q was revoked (%s) and never refreshes again; launch a new instance",
-			field, ref.key(), inst.GetRevokeReason())
-	}
 	sameKey := false
 	if cur, ok := tx.certs.Get(inst.GetCurrentSerial()); ok {
 		sameKey = bytes.Equal(cur.GetSpkiSha256(), c.GetCert().GetSpkiSha256())
 	}
 	decision, why := DecideRefresh(inst, c.GetPresentedSerial(), sameKey)
+	if inst.GetRevoked() {
+		if decision == RefreshMismatch {
+			// Still a mismatch (e.g. the losers of a refresh race): say so; the instance is
+			// revoked already, nothing more changes.
+			out := refusal(codeSerialMismatch, "%s.presented_serial: %s; instance %q is revoked (%s)", field, why, ref.key(), inst.GetRevokeReason())
+			out.res.Payload = &meshcav1.CommandResult_Instance{Instance: inst}
+			return out
+		}
+		return refusal(codeInstanceRevoked, "%s: instance %q was revoked (%s) and never refreshes again; launch a new instance",
+			field, ref.key(), inst.GetRevokeReason())
+	}
 	if decision == RefreshMismatch {
 		// The refusal must persist: revoke the instance and its certificates, record the
 		// detection, and commit that while answering SerialMismatch.

@@ -116,6 +116,25 @@ func TestRefreshPreconditions(t *testing.T) {
 			want: codeInstanceRevoked,
 		},
 		{
+			name: "a revoked instance answers a stale serial with SerialMismatch and changes nothing more",
+			given: func(fx *fsmFixture) {
+				refreshedOnce(fx)
+				fx.apply(fx.refresh(fxInstance1, "ff", "a3", "k3"))
+			},
+			when: func(fx *fsmFixture) any { return fx.refresh(fxInstance1, "a1", "a4", "k4") },
+			want: codeSerialMismatch,
+			then: func(t *testing.T, fx *fsmFixture, res *meshcav1.CommandResult) {
+				if !payloadInstance(t, res).GetRevoked() {
+					t.Fatal("result does not carry the revoked instance")
+				}
+				before := contentHash(fx.state())
+				expectCode(t, fx.apply(fx.refresh(fxInstance1, "a1", "a5", "k5")), codeSerialMismatch)
+				if contentHash(fx.state()) != before {
+					t.Fatal("a mismatch on an already revoked instance changed the state")
+				}
+			},
+		},
+		{
 			name: "refresh is refused when the launch grant is gone at apply time",
 			given: func(fx *fsmFixture) {
 				registered(fx)
