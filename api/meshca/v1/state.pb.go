@@ -3339,7 +3339,11 @@ func (x *RecordRegisterCommand) GetTokenJti() string {
 }
 
 // RecordRefreshCommand records a certificate issued to refresh an instance's certificate.
-// presented_serial is the serial of the client certificate the caller authenticated with.
+// presented_serial is the serial of the client certificate the caller authenticated with:
+// the current serial rotates (previous := current, current := new); the previous serial is
+// accepted once, as the retry of a client that lost the last answer, when the new certificate
+// is for the same key as the unanswered current one (or any key while an extend awaits its
+// verify); any other serial revokes the instance and answers SERIAL_MISMATCH.
 type RecordRefreshCommand struct {
 	state           protoimpl.MessageState `protogen:"open.v1"`
 	Provider        string                 `protobuf:"bytes,1,opt,name=provider,proto3" json:"provider,omitempty"`
