@@ -31,6 +31,9 @@ type FSMConfig struct {
 	// result, so that a retried command is answered with its first result instead of being
 	// applied again.
 	ReceiptWindow int
+	// ReceiptBytes bounds the total size of the remembered results; the oldest go first (the
+	// newest is always kept).
+	ReceiptBytes int
 	// EventRetention is how many events are kept; the oldest go first. Prune also removes
 	// events older than its cutoff.
 	EventRetention int
@@ -40,7 +43,7 @@ type FSMConfig struct {
 
 // DefaultFSMConfig returns the production configuration.
 func DefaultFSMConfig() FSMConfig {
-	return FSMConfig{ReceiptWindow: 1 << 16, EventRetention: 100_000}
+	return FSMConfig{ReceiptWindow: 1 << 16, ReceiptBytes: 64 << 20, EventRetention: 100_000}
 }
 
 // ErrInvalidConfig is returned (wrapped) for an FSMConfig that Validate refuses.
@@ -50,6 +53,9 @@ var ErrInvalidConfig = errors.New("raftstore: invalid configuration")
 func (c FSMConfig) Validate() error {
 	if c.ReceiptWindow < 1 {
 		return fmt.Errorf("ReceiptWindow: %w: %d, must be at least 1", ErrInvalidConfig, c.ReceiptWindow)
+	}
+	if c.ReceiptBytes < 1 {
+		return fmt.Errorf("ReceiptBytes: %w: %d, must be at least 1", ErrInvalidConfig, c.ReceiptBytes)
 	}
 	if c.EventRetention < 1 {
 		return fmt.Errorf("EventRetention: %w: %d, must be at least 1", ErrInvalidConfig, c.EventRetention)
@@ -301,11 +307,15 @@ func (f *FSM) remember(s *State, id string, result []byte) {
 	s.nextReceipt++
 	s.receipts = s.receipts.Set(id, &meshcav1.CommandReceipt{Id: id, Sequence: seq, Result: result})
 	s.receiptOrder = s.receiptOrder.Set(seq, id)
-	for s.receipts.Len() > f.cfg.ReceiptWindow {
+	s.receiptBytes += len(result)
+	for s.receipts.Len() > f.cfg.ReceiptWindow || s.receiptBytes > f.cfg.ReceiptBytes && s.receipts.Len() > 1 {
 		it := s.receiptOrder.Iterator()
 		oldSeq, oldID, ok := it.Next()
 		if !ok {
 			break
+		}
+		if old, ok := s.receipts.Get(oldID); ok {
+			s.receiptBytes -= len(old.GetResult())
 		}
 		s.receiptOrder = s.receiptOrder.Delete(oldSeq)
 		s.receipts = s.receipts.Delete(oldID)

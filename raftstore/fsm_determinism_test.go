@@ -45,7 +45,7 @@ func snapshotBytes(t testing.TB, f *FSM) []byte {
 
 func restoreInto(t testing.TB, data []byte) *FSM {
 	t.Helper()
-	f, err := NewFSM(FSMConfig{ReceiptWindow: 64, EventRetention: 200})
+	f, err := NewFSM(scenarioConfig())
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -146,7 +146,7 @@ func TestDuplicateCommandIDIsAppliedOnce(t *testing.T) {
 }
 
 func TestReceiptWindowIsBoundedAndInLogOrder(t *testing.T) {
-	fx := newFSMFixtureWith(t, FSMConfig{ReceiptWindow: 4, EventRetention: 100})
+	fx := newFSMFixtureWith(t, FSMConfig{ReceiptWindow: 4, ReceiptBytes: 1 << 20, EventRetention: 100})
 	create := func(id, name string) []byte {
 		return mustMarshal(t, fxCommand(id, fx.now, &meshcav1.PutDomainCommand{Domain: &meshcav1.Domain{Name: name}, Mode: meshcav1.PutMode_PUT_MODE_CREATE}))
 	}
@@ -169,7 +169,7 @@ func TestReceiptWindowIsBoundedAndInLogOrder(t *testing.T) {
 }
 
 func TestEventRetentionIsBounded(t *testing.T) {
-	fx := newFSMFixtureWith(t, FSMConfig{ReceiptWindow: 100, EventRetention: 5})
+	fx := newFSMFixtureWith(t, FSMConfig{ReceiptWindow: 100, ReceiptBytes: 1 << 20, EventRetention: 5})
 	for i := 0; i < 12; i++ {
 		fx.must(&meshcav1.PutDomainCommand{Domain: &meshcav1.Domain{Name: "d" + string(rune('a'+i))}})
 	}
@@ -291,5 +291,28 @@ func TestStateReadsAreCopies(t *testing.T) {
 	ca.Roots[0] = []byte("evil")
 	if fx.fsm.StateHash() != before || fx.instance(fxInstance1).GetCurrentSerial() != "a1" {
 		t.Fatal("changing a record read from the state changed the state")
+	}
+}
+
+func TestReceiptsAreBoundedBySize(t *testing.T) {
+	fx := newFSMFixtureWith(t, FSMConfig{ReceiptWindow: 100, ReceiptBytes: 3000, EventRetention: 100})
+	submit := func(id string, size int) []byte {
+		return fx.raw(mustMarshal(t, fxCommand(id, fx.now, &meshcav1.SubmitCSRCommand{Id: id, Csr: make([]byte, size), Submitter: "user.a"})))
+	}
+	submit("r1", 1000)
+	submit("r2", 1000)
+	if n := fx.state().Sizes().Receipts; n != 2 {
+		t.Fatalf("%d receipts, want both under the size bound", n)
+	}
+	submit("r3", 1000) // the three results exceed 3000 bytes: r1's receipt goes
+	if _, err := fx.state().Receipt("r1"); err == nil {
+		t.Fatal("the oldest receipt was kept beyond the size bound")
+	}
+	big := submit("r4", 5000) // bigger than the bound alone: kept, everything older goes
+	if fx.state().Sizes().Receipts != 1 {
+		t.Fatalf("%d receipts, want only the newest", fx.state().Sizes().Receipts)
+	}
+	if again := submit("r4", 5000); !bytes.Equal(again, big) {
+		t.Fatal("the newest command is not answered from its receipt")
 	}
 }

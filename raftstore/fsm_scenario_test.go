@@ -19,7 +19,7 @@ import (
 // Raft log.
 func scenario(t testing.TB, seed uint64, n int) [][]byte {
 	t.Helper()
-	fx := newFSMFixtureWith(t, FSMConfig{ReceiptWindow: 64, EventRetention: 200})
+	fx := newFSMFixtureWith(t, scenarioConfig())
 	var entries [][]byte
 	emit := func(c *meshcav1.Command) *meshcav1.CommandResult {
 		data, err := proto.Marshal(c)
@@ -150,7 +150,7 @@ func scenario(t testing.TB, seed uint64, n int) [][]byte {
 // batch entries, and returns it with the results.
 func replay(t testing.TB, entries [][]byte, batch int) (*FSM, [][]byte) {
 	t.Helper()
-	f, err := NewFSM(FSMConfig{ReceiptWindow: 64, EventRetention: 200})
+	f, err := NewFSM(scenarioConfig())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -171,4 +171,10 @@ func replay(t testing.TB, entries [][]byte, batch int) (*FSM, [][]byte) {
 		start = end
 	}
 	return f, results
+}
+
+// scenarioConfig keeps the windows small, so the scenario evicts receipts (by count and by
+// size) and events, and replays must agree on that too.
+func scenarioConfig() FSMConfig {
+	return FSMConfig{ReceiptWindow: 64, ReceiptBytes: 8 << 10, EventRetention: 200}
 }

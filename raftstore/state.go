@@ -50,6 +50,7 @@ type State struct {
 
 	// Derived indexes, rebuilt on restore and not part of snapshots or the state hash.
 	receiptOrder *table[uint64, string] // receipt sequence → command id
+	receiptBytes int                    // total size of the remembered results
 	// certExpiry also prunes the key use a certificate first made and its revocation: both
 	// end with the certificate.
 	certExpiry  *table[string, struct{}] // expiryKey(not_after, serial)
@@ -91,7 +92,7 @@ func (s *State) fork() *State {
 		domains: s.domains, services: s.services, providers: s.providers, instances: s.instances,
 		certs: s.certs, keyUses: s.keyUses, revocations: s.revocations, issuerUses: s.issuerUses,
 		federations: s.federations, tokens: s.tokens, nonces: s.nonces, csrRequests: s.csrRequests,
-		events: s.events, receipts: s.receipts, receiptOrder: s.receiptOrder,
+		events: s.events, receipts: s.receipts, receiptOrder: s.receiptOrder, receiptBytes: s.receiptBytes,
 		certExpiry:  s.certExpiry,
 		tokenExpiry: s.tokenExpiry, nonceExpiry: s.nonceExpiry,
 	}

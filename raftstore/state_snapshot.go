@@ -331,6 +331,7 @@ func (b *stateBuilder) add(rec *meshcav1.SnapshotRecord) error {
 	case *meshcav1.SnapshotRecord_Receipt:
 		b.receipts.Set(r.Receipt.GetId(), r.Receipt)
 		b.receiptOrder.Set(r.Receipt.GetSequence(), r.Receipt.GetId())
+		b.s.receiptBytes += len(r.Receipt.GetResult())
 	default:
 		return fmt.Errorf("%w: unexpected record %T", ErrCorruptSnapshot, r)
 	}
