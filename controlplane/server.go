@@ -84,6 +84,7 @@ type Server struct {
 
 	runOnce sync.Once
 	closers []func()
+	onStop  []func()
 }
 
 // A flow is an optional part of the server (an admin API, a built-in provider, an extend API)
@@ -241,7 +242,12 @@ func (s *Server) nodeConfig(ln net.Listener) raftstore.NodeConfig {
 	n.Bundle = bundleSource{s}
 	n.Bootstrap = cfg.Raft.Bootstrap
 	for _, p := range cfg.Raft.Peers {
-		n.InitialPeers = append(n.InitialPeers, raftstore.Peer{ID: p.ID, Address: p.Address})
+		addr := p.Address
+		if _, port, _ := net.SplitHostPort(addr); p.ID == cfg.NodeID && port == "0" {
+			// This node on port 0: the port it was given.
+			addr = ln.Addr().String()
+		}
+		n.InitialPeers = append(n.InitialPeers, raftstore.Peer{ID: p.ID, Address: addr})
 	}
 	if d := cfg.Raft.HeartbeatTimeout.D(); d > 0 {
 		n.HeartbeatTimeout = d
@@ -366,8 +372,15 @@ func (s *Server) run(ctx context.Context) error {
 // gracePeriod bounds how long a stopping server waits for in-flight calls.
 const gracePeriod = 10 * time.Second
 
+// OnStop registers f to run when the server stops, before the gRPC server drains: a flow
+// ends its own streams (WatchEvents) here. Call it before Run.
+func (s *Server) OnStop(f func()) { s.onStop = append(s.onStop, f) }
+
 // stopServing stops taking calls: open streams end, in-flight calls get gracePeriod.
 func (s *Server) stopServing() {
+	for _, f := range s.onStop {
+		f()
+	}
 	s.sds.Close()
 	ctx, cancel := context.WithTimeout(context.Background(), gracePeriod)
 	defer cancel()
