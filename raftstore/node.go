@@ -309,6 +309,9 @@ func NewNode(cfg NodeConfig, fsm raft.FSM) (_ *Node, err error) {
 		stop:       make(chan struct{}),
 	}
 	n.trustDomain = spiffeid.RequireTrustDomainFromString(cfg.TrustDomain)
+	if err := n.checkOwnSVID(); err != nil {
+		return nil, err
+	}
 	n.epoch, n.epochCancel = context.WithCancel(context.Background())
 	n.metrics, err = newNodeMetrics(cfg.Registerer)
 	if err != nil {
@@ -420,6 +423,30 @@ func NewNode(cfg NodeConfig, fsm raft.FSM) (_ *Node, err error) {
 	go func() { defer n.wg.Done(); n.observe() }()
 	n.logger.Info("raft node started", "advertise", n.advertise, "bootstrap", cfg.Bootstrap)
 	return n, nil
+}
+
+// checkOwnSVID makes sure the node certificate names this node: peers would refuse it anyway,
+// but the operator learns why at start instead of from every peer's refusal log.
+func (n *Node) checkOwnSVID() error {
+	svid, err := n.cfg.SVID.GetX509SVID()
+	if err != nil {
+		return fmt.Errorf("raftstore: SVID: %w", err)
+	}
+	want, err := spiffeid.FromSegments(n.trustDomain, "meshca", "server", n.cfg.ID)
+	if err != nil {
+		return fmt.Errorf("raftstore: ID %q: %w", n.cfg.ID, err)
+	}
+	if len(svid.Certificates) == 0 {
+		return errors.New("raftstore: SVID: no certificate")
+	}
+	got, err := x509svid.IDFromCert(svid.Certificates[0])
+	if err != nil {
+		return fmt.Errorf("raftstore: SVID: certificate must carry one SPIFFE ID: %w", err)
+	}
+	if got != want {
+		return fmt.Errorf("raftstore: SVID: certificate carries %s, want %s (the ID and trust domain of this node)", got, want)
+	}
+	return nil
 }
 
 func (n *Node) raftConfig(hlog hclog.Logger) *raft.Config {

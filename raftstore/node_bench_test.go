@@ -176,17 +176,27 @@ func BenchmarkPropose(b *testing.B) {
 	})
 
 	// Our Node with a state machine that does nothing: the cost of the node alone.
+	// It also reports how many entries the leader's state machine got per ApplyBatch call,
+	// which shows concurrency turning into batching.
 	b.Run("node-noop", func(b *testing.B) {
-		c := newTestClusterWith(b, 3, benchTune, func(int) raft.FSM { return noopFSM{} })
+		fsms := make([]*batchCounter, 3)
+		c := newTestClusterWith(b, 3, benchTune, func(i int) raft.FSM {
+			fsms[i] = &batchCounter{}
+			return fsms[i]
+		})
 		leader := c.waitLeader()
 		for _, conc := range benchConcurrency {
 			b.Run(fmt.Sprintf("leader/c=%d", conc), func(b *testing.B) {
+				batches, entries := fsms[leader].batches.Load(), fsms[leader].entries.Load()
 				runLoad(b, conc, int(benchRun.Add(1)), fx, func(cmd []byte) error {
 					ctx, cancel := context.WithTimeout(context.Background(), waitTimeout)
 					defer cancel()
 					_, err := c.nodes[leader].Propose(ctx, cmd)
 					return err
 				})
+				if n := fsms[leader].batches.Load() - batches; n > 0 {
+					b.ReportMetric(float64(fsms[leader].entries.Load()-entries)/float64(n), "entries/batch")
+				}
 			})
 		}
 	})
@@ -216,6 +226,22 @@ type noopFSM struct{}
 func (noopFSM) Apply(*raft.Log) interface{}         { return []byte{} }
 func (noopFSM) Snapshot() (raft.FSMSnapshot, error) { return noopSnapshot{}, nil }
 func (noopFSM) Restore(rc io.ReadCloser) error      { return rc.Close() }
+
+// batchCounter is a no-op batching state machine that counts ApplyBatch calls.
+type batchCounter struct {
+	noopFSM
+	batches, entries atomic.Int64
+}
+
+func (f *batchCounter) ApplyBatch(logs []*raft.Log) []interface{} {
+	f.batches.Add(1)
+	f.entries.Add(int64(len(logs)))
+	out := make([]interface{}, len(logs))
+	for i := range out {
+		out[i] = []byte{}
+	}
+	return out
+}
 
 type noopSnapshot struct{}
 

@@ -316,3 +316,32 @@ func TestNewNodeFailsWhenThePortIsTaken(t *testing.T) {
 		t.Fatalf("NewNode on a taken port: %v, want a BindAddr error", err)
 	}
 }
+
+func TestNewNodeRefusesACertificateThatNamesAnotherNode(t *testing.T) {
+	ca, err := newCAForTest()
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := &testCluster{t: t, ca: ca, ids: []string{"n1"}, addrs: []string{"127.0.0.1:0"}, dirs: []string{t.TempDir()}}
+	for _, tt := range []struct {
+		name string
+		uris []string
+		want string
+	}{
+		{"another node's id", []string{ca.ServerID("n2")}, "want spiffe://mesh.example/meshca/server/n1"},
+		{"a workload id", []string{"spiffe://mesh.example/ns/sports/sa/api"}, "want spiffe://mesh.example/meshca/server/n1"},
+		{"no SPIFFE id", nil, "must carry one SPIFFE ID"},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			svid, err := ca.Issue(time.Now(), tt.uris...)
+			if err != nil {
+				t.Fatal(err)
+			}
+			cfg := c.config(0)
+			cfg.SVID = svid
+			if _, err := NewNode(cfg, kvfsm.New()); err == nil || !strings.Contains(err.Error(), tt.want) {
+				t.Fatalf("NewNode with %v: %v, want an error containing %q", tt.uris, err, tt.want)
+			}
+		})
+	}
+}
