@@ -26,6 +26,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/spiffe/go-spiffe/v2/bundle/spiffebundle"
 	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"github.com/spiffe/go-spiffe/v2/spiffetls/tlsconfig"
@@ -308,6 +309,42 @@ type testProvider struct {
 	seen   []*confirm.Request
 }
 
+// errEmpty is what a poll returns while what it waits for is not there yet.
+var errEmpty = errors.New("not there yet")
+
+// defaultDecide confirms an instance whose attestation is "doc:<instance id>" unless its id
+// starts with "deny-".
+func defaultDecide(r *confirm.Request) (int, string) {
+	if strings.HasPrefix(r.InstanceID, "deny-") {
+		return 200, `{"allowed": false, "reason": "instance ` + r.InstanceID + ` was not launched here"}`
+	}
+	if string(r.AttestationData) != "doc:"+r.InstanceID {
+		return 200, `{"allowed": false, "reason": "identity document does not match"}`
+	}
+	return 200, `{"allowed": true}`
+}
+
+// setDecide changes how the provider answers; nil restores defaultDecide.
+func (p *testProvider) setDecide(f func(*confirm.Request) (int, string)) {
+	if f == nil {
+		f = defaultDecide
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.decide = f
+}
+
+// federatedJWKS is the SPIFFE bundle (JWKS) of a foreign trust domain whose roots are iss's.
+func federatedJWKS(t testing.TB, td string, iss *ca.Issuer) []byte {
+	t.Helper()
+	b := spiffebundle.FromX509Authorities(spiffeid.RequireTrustDomainFromString(td), iss.Roots())
+	out, err := b.Marshal()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return out
+}
+
 // listenProvider binds the provider's port; serve starts it once it has a certificate.
 func listenProvider(t testing.TB) *testProvider {
 	t.Helper()
@@ -315,17 +352,7 @@ func listenProvider(t testing.TB) *testProvider {
 	if err != nil {
 		t.Fatal(err)
 	}
-	p := &testProvider{ln: ln, url: "https://" + ln.Addr().String() + "/confirm"}
-	p.decide = func(r *confirm.Request) (int, string) {
-		if strings.HasPrefix(r.InstanceID, "deny-") {
-			return 200, `{"allowed": false, "reason": "instance ` + r.InstanceID + ` was not launched here"}`
-		}
-		if string(r.AttestationData) != "doc:"+r.InstanceID {
-			return 200, `{"allowed": false, "reason": "identity document does not match"}`
-		}
-		return 200, `{"allowed": true}`
-	}
-	return p
+	return &testProvider{ln: ln, url: "https://" + ln.Addr().String() + "/confirm", decide: defaultDecide}
 }
 
 // serve serves the confirm endpoint with svid as the server certificate, trusting clients
