@@ -208,5 +208,3 @@ func TestMetrics(t *testing.T) {
 		t.Error("meshca_raft_is_leader is not on /metrics")
 	}
 }
-
-
