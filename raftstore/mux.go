@@ -85,8 +85,13 @@ func (m *mux) route(raw net.Conn) {
 	defer cancel()
 	conn := tls.Server(raw, m.tlsConfig)
 	if err := conn.HandshakeContext(ctx); err != nil {
-		// Peer-check failures were counted by the verifier; log the rest at debug level.
-		m.logger.Debug("cluster port handshake failed", "remote", raw.RemoteAddr().String(), "err", err)
+		// The peer check counted and logged its own refusals; count the rest (not TLS,
+		// no common version or cipher, timeouts) under one reason.
+		var pr *PeerRefusedError
+		if !errors.As(err, &pr) {
+			m.refused.WithLabelValues(RefusedHandshake).Inc()
+			m.logger.Warn("cluster connection refused", "reason", RefusedHandshake, "remote", raw.RemoteAddr().String(), "err", err)
+		}
 		raw.Close()
 		return
 	}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"os"
@@ -666,6 +667,51 @@ func (n *Node) Snapshot() (SnapshotInfo, error) {
 	}
 	rc.Close()
 	return SnapshotInfo{ID: meta.ID, Index: meta.Index, Term: meta.Term, Size: meta.Size}, nil
+}
+
+// WriteSnapshot takes a snapshot now and streams the state machine's snapshot bytes to w:
+// the backup an operator keeps (`meshctl cluster snapshot`). Restore reads it back.
+func (n *Node) WriteSnapshot(w io.Writer) (SnapshotInfo, error) {
+	f := n.raft.Load().Snapshot()
+	if err := f.Error(); err != nil {
+		return SnapshotInfo{}, n.raftError("snapshot", err)
+	}
+	meta, rc, err := f.Open()
+	if err != nil {
+		return SnapshotInfo{}, fmt.Errorf("raftstore: snapshot: open: %w", err)
+	}
+	defer rc.Close()
+	if _, err := io.Copy(w, rc); err != nil {
+		return SnapshotInfo{}, fmt.Errorf("raftstore: snapshot: write: %w", err)
+	}
+	return SnapshotInfo{ID: meta.ID, Index: meta.Index, Term: meta.Term, Size: meta.Size}, nil
+}
+
+// Restore replaces the replicated state with a snapshot written by WriteSnapshot (size is its
+// length in bytes). It runs on the leader, which installs it and then brings every follower
+// to it; as in hashicorp/raft, it is for disaster recovery, not normal operation. On a
+// follower it fails with ErrNotLeader.
+func (n *Node) Restore(ctx context.Context, r io.Reader, size int64) error {
+	if size <= 0 {
+		return fmt.Errorf("raftstore: restore: size: must be positive, got %d", size)
+	}
+	rf := n.raft.Load()
+	if rf.State() != raft.Leader {
+		return fmt.Errorf("raftstore: restore: %w", ErrNotLeader)
+	}
+	meta := &raft.SnapshotMeta{Version: raft.SnapshotVersionMax, Size: size}
+	errCh := make(chan error, 1)
+	n.wg.Add(1)
+	go func() {
+		defer n.wg.Done()
+		errCh <- rf.Restore(meta, r, timeoutOf(ctx, defaultProposeTimeout))
+	}()
+	select {
+	case err := <-errCh:
+		return n.raftError("restore", err)
+	case <-ctx.Done():
+		return fmt.Errorf("raftstore: restore: %w: outcome unknown: %w", ErrUnavailable, ctx.Err())
+	}
 }
 
 // Shutdown stops Raft, the internal service and the cluster port, and closes the log.

@@ -18,6 +18,7 @@ const (
 	RefusedUntrusted        = "untrusted"
 	RefusedNotMember        = "not_member"
 	RefusedNoALPN           = "no_alpn"
+	RefusedHandshake        = "handshake"
 )
 
 type nodeMetrics struct {

@@ -345,3 +345,34 @@ func TestNewNodeRefusesACertificateThatNamesAnotherNode(t *testing.T) {
 		})
 	}
 }
+
+func TestASnapshotWrittenOutRestoresTheClusterToThatState(t *testing.T) {
+	c := newTestCluster(t, 3, nil)
+	leader := c.waitLeader()
+	propose(t, c.nodes[leader], "kept", "x")
+	var backup bytes.Buffer
+	info, err := c.nodes[leader].WriteSnapshot(&backup)
+	if err != nil {
+		t.Fatalf("WriteSnapshot: %v", err)
+	}
+	if info.Index == 0 || info.Size != int64(backup.Len()) {
+		t.Fatalf("snapshot info %+v for %d bytes", info, backup.Len())
+	}
+	propose(t, c.nodes[leader], "after-backup", "y")
+	c.waitConverged()
+
+	ctx, cancel := context.WithTimeout(context.Background(), waitTimeout)
+	defer cancel()
+	if err := c.nodes[c.follower(leader)].Restore(ctx, bytes.NewReader(backup.Bytes()), int64(backup.Len())); !errors.Is(err, ErrNotLeader) {
+		t.Fatalf("Restore on a follower: %v, want ErrNotLeader", err)
+	}
+	if err := c.nodes[leader].Restore(ctx, bytes.NewReader(backup.Bytes()), int64(backup.Len())); err != nil {
+		t.Fatalf("Restore on the leader: %v", err)
+	}
+	c.waitConverged()
+	for i, f := range c.fsms {
+		if !f.Has("kept") || f.Has("after-backup") {
+			t.Errorf("%s after restore: kept=%v after-backup=%v, want the backup's state", c.ids[i], f.Has("kept"), f.Has("after-backup"))
+		}
+	}
+}

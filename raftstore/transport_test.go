@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/tls"
 	"errors"
+	"io"
 	"net"
 	"path/filepath"
 	"testing"
@@ -113,6 +114,7 @@ func TestTheClusterPortRefusesPeersThatFailTheCheckAndCountsThem(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			for _, proto := range []string{ALPNRaft, ALPNGRPC} {
 				before := refused(c.regs[target], tt.reason)
+				handshakes := refused(c.regs[target], RefusedHandshake)
 				conn, err := handshake(t, c.addrs[target], dialerTLS(tt.svid, proto))
 				if err == nil {
 					conn.Close()
@@ -121,6 +123,9 @@ func TestTheClusterPortRefusesPeersThatFailTheCheckAndCountsThem(t *testing.T) {
 				// The server counts before it sends the alert the client just read.
 				if got := refused(c.regs[target], tt.reason); got != before+1 {
 					t.Fatalf("ALPN %s: meshca_raft_conn_refused_total{reason=%q} = %v, want %v", proto, tt.reason, got, before+1)
+				}
+				if got := refused(c.regs[target], RefusedHandshake); got != handshakes {
+					t.Fatalf("ALPN %s: the refusal was counted twice (also as %q)", proto, RefusedHandshake)
 				}
 			}
 		})
@@ -181,6 +186,23 @@ func TestALPNRoutesConnectionsToRaftAndToGRPC(t *testing.T) {
 		if status.Code(err) != codes.FailedPrecondition {
 			t.Fatalf("Forward on a follower: %v, want FailedPrecondition", err)
 		}
+	})
+
+	t.Run("a client that does not speak TLS is refused and counted", func(t *testing.T) {
+		before := refused(c.regs[leader], RefusedHandshake)
+		conn, err := net.Dial("tcp", c.addrs[leader])
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer conn.Close()
+		if _, err := conn.Write([]byte("GET / HTTP/1.1\r\nHost: x\r\n\r\n")); err != nil {
+			t.Fatal(err)
+		}
+		conn.SetReadDeadline(time.Now().Add(waitTimeout))
+		io.Copy(io.Discard, conn) // the server closes the connection
+		waitFor(t, "the handshake refusal to be counted", func() bool {
+			return refused(c.regs[leader], RefusedHandshake) == before+1
+		})
 	})
 
 	t.Run("no ALPN is refused and counted", func(t *testing.T) {
