@@ -11,6 +11,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -30,34 +31,20 @@ import (
 // built without -race (the in-process tests cover races); that keeps 10,000 fsync'd commands
 // within a minute or two on two cores.
 
-var (
-	raftnodeOnce sync.Once
-	raftnodeBin  string
-	raftnodeErr  error
-)
-
+// buildRaftnode builds the node binary into the test's temp dir (the build cache makes the
+// second build a link).
 func buildRaftnode(t *testing.T) string {
 	t.Helper()
-	raftnodeOnce.Do(func() {
-		dir, err := os.MkdirTemp("", "raftnode-bin-")
-		if err != nil {
-			raftnodeErr = err
-			return
-		}
-		raftnodeBin = filepath.Join(dir, "raftnode")
-		goTool, err := exec.LookPath("go")
-		if err != nil {
-			goTool = filepath.Join(os.Getenv("GOROOT"), "bin", "go")
-		}
-		out, err := exec.Command(goTool, "build", "-o", raftnodeBin, "./internal/raftnode").CombinedOutput()
-		if err != nil {
-			raftnodeErr = fmt.Errorf("go build ./internal/raftnode: %w\n%s", err, out)
-		}
-	})
-	if raftnodeErr != nil {
-		t.Fatal(raftnodeErr)
+	bin := filepath.Join(t.TempDir(), "raftnode")
+	goTool, err := exec.LookPath("go")
+	if err != nil {
+		goTool = filepath.Join(runtime.GOROOT(), "bin", "go")
 	}
-	return raftnodeBin
+	out, err := exec.Command(goTool, "build", "-buildvcs=false", "-o", bin, "./internal/raftnode").CombinedOutput()
+	if err != nil {
+		t.Fatalf("go build ./internal/raftnode: %v\n%s", err, out)
+	}
+	return bin
 }
 
 type procNode struct {
