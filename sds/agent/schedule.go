@@ -1,0 +1,104 @@
+package agent
+
+import (
+	"time"
+)
+
+// Clock is the agent's time: when to refresh, whether a certificate is expired, and the time
+// peer certificates are verified at. Tests inject one they move by hand, so rotation is tested
+// without waiting for it.
+type Clock interface {
+	Now() time.Time
+	// After returns a channel that receives the time once d has passed.
+	After(d time.Duration) <-chan time.Time
+}
+
+type realClock struct{}
+
+func (realClock) Now() time.Time                         { return time.Now() }
+func (realClock) After(d time.Duration) <-chan time.Time { return time.After(d) }
+
+// action is what an identity's loop does next.
+type action int
+
+const (
+	// actRegister attests the instance and asks for a first certificate.
+	actRegister action = iota + 1
+	// actRefresh asks for a new certificate with the current one.
+	actRefresh
+)
+
+func (a action) String() string {
+	switch a {
+	case actRegister:
+		return "register"
+	case actRefresh:
+		return "refresh"
+	}
+	return "none"
+}
+
+// holding is what the plan needs to know about the certificate an identity holds.
+type holding struct {
+	// received is when the agent got the certificate (its own clock): the lifetime that counts
+	// starts here, not at NotBefore, which the CA backdates.
+	received time.Time
+	notAfter time.Time
+}
+
+// schedule is the refresh policy of RefreshConfig, with the jitter drawn by the caller.
+type schedule struct {
+	fraction float64
+	jitter   float64
+	backoff  backoff
+}
+
+// refreshAt is when a certificate held since received and valid until notAfter is refreshed:
+// after fraction of its remaining lifetime, moved by jitter·r of it (r in [-1, 1], drawn at
+// random by the caller once per certificate).
+func (s schedule) refreshAt(h holding, r float64) time.Time {
+	life := h.notAfter.Sub(h.received)
+	if life <= 0 {
+		return h.received
+	}
+	f := s.fraction + s.jitter*r
+	return h.received.Add(time.Duration(float64(life) * f))
+}
+
+// plan decides the next attempt: what to do and when. cur is the certificate held (nil for
+// none); retryAt, when set, is when a failed attempt is retried (never later than a normal
+// refresh time still ahead). A certificate that has expired by the time of the attempt cannot
+// refresh: the instance registers again.
+func (s schedule) plan(now time.Time, cur *holding, r float64, retryAt time.Time) (action, time.Time) {
+	at := now
+	if cur != nil {
+		at = s.refreshAt(*cur, r)
+	}
+	// After a failure the retry time rules, unless the normal refresh time comes first.
+	if !retryAt.IsZero() && (cur == nil || !at.After(now) || retryAt.Before(at)) {
+		at = retryAt
+	}
+	if at.Before(now) {
+		at = now
+	}
+	if cur == nil || !at.Before(cur.notAfter) {
+		return actRegister, at
+	}
+	return actRefresh, at
+}
+
+// backoff is the wait after the n-th consecutive failure: initial·2^(n-1), at most max.
+type backoff struct {
+	initial, max time.Duration
+}
+
+func (b backoff) after(failures int) time.Duration {
+	if failures <= 0 {
+		return 0
+	}
+	d := b.initial
+	for i := 1; i < failures && d < b.max; i++ {
+		d *= 2
+	}
+	return min(d, b.max)
+}
