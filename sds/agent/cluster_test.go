@@ -77,9 +77,9 @@ type testCall struct {
 }
 
 type testNode struct {
-	name string
-	addr string
-	g    *grpc.Server
+	name   string
+	addr   string
+	g      *grpc.Server
 	done   chan struct{}
 	stop   sync.Once
 	stopFn func()
