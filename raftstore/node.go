@@ -319,7 +319,7 @@ func NewNode(cfg NodeConfig, fsm raft.FSM) (_ *Node, err error) {
 		return nil, err
 	}
 
-	var closers []func()
+	closers := []func(){n.metrics.unregister}
 	defer func() {
 		if err != nil {
 			for i := len(closers) - 1; i >= 0; i-- {
@@ -345,6 +345,12 @@ func NewNode(cfg NodeConfig, fsm raft.FSM) (_ *Node, err error) {
 		n.advertise = ln.Addr().String()
 		if err := validAdvertiseAddr(n.advertise); err != nil {
 			return nil, fmt.Errorf("raftstore: AdvertiseAddr: empty and the listener address cannot be dialled: %w", err)
+		}
+	}
+
+	for _, p := range cfg.InitialPeers {
+		if cfg.Bootstrap && p.ID == cfg.ID && p.Address != n.advertise {
+			return nil, fmt.Errorf("raftstore: InitialPeers: this node (%q) is listed at %s but advertises %s", p.ID, p.Address, n.advertise)
 		}
 	}
 
@@ -745,6 +751,7 @@ func (n *Node) Shutdown() error {
 			close(ch)
 		}
 		n.leaderMu.Unlock()
+		n.metrics.unregister()
 		n.logger.Info("raft node stopped")
 	})
 	if len(errs) > 0 {

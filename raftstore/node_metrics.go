@@ -22,6 +22,7 @@ const (
 )
 
 type nodeMetrics struct {
+	reg     prometheus.Registerer
 	refused *prometheus.CounterVec
 	propose *prometheus.HistogramVec
 	leader  prometheus.Gauge
@@ -46,14 +47,33 @@ func newNodeMetrics(reg prometheus.Registerer) (*nodeMetrics, error) {
 	if reg == nil {
 		return m, nil
 	}
-	for _, c := range []prometheus.Collector{m.refused, m.propose, m.leader} {
+	for i, c := range m.collectors() {
 		if err := reg.Register(c); err != nil {
 			var are prometheus.AlreadyRegisteredError
+			for _, done := range m.collectors()[:i] {
+				reg.Unregister(done)
+			}
 			if errors.As(err, &are) {
 				return nil, fmt.Errorf("raftstore: Registerer: a node's metrics are already registered there (one registry per node): %w", err)
 			}
 			return nil, fmt.Errorf("raftstore: Registerer: %w", err)
 		}
 	}
+	m.reg = reg
 	return m, nil
+}
+
+func (m *nodeMetrics) collectors() []prometheus.Collector {
+	return []prometheus.Collector{m.refused, m.propose, m.leader}
+}
+
+// unregister removes the metrics from the registry, so a node restarted in the same process
+// can register them again.
+func (m *nodeMetrics) unregister() {
+	if m.reg == nil {
+		return
+	}
+	for _, c := range m.collectors() {
+		m.reg.Unregister(c)
+	}
 }

@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
@@ -373,6 +374,36 @@ func TestASnapshotWrittenOutRestoresTheClusterToThatState(t *testing.T) {
 	for i, f := range c.fsms {
 		if !f.Has("kept") || f.Has("after-backup") {
 			t.Errorf("%s after restore: kept=%v after-backup=%v, want the backup's state", c.ids[i], f.Has("kept"), f.Has("after-backup"))
+		}
+	}
+}
+
+func TestANodeRestartedInTheSameProcessRegistersItsMetricsAgain(t *testing.T) {
+	ca, err := newCAForTest()
+	if err != nil {
+		t.Fatal(err)
+	}
+	taken, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer taken.Close()
+	c := &testCluster{t: t, ca: ca, ids: []string{"n1"}, addrs: []string{taken.Addr().String()}, dirs: []string{t.TempDir()}}
+	reg := prometheus.NewRegistry()
+	cfg := c.config(0)
+	cfg.Registerer = reg
+	cfg.Bootstrap = true
+	if _, err := NewNode(cfg, kvfsm.New()); err == nil {
+		t.Fatal("NewNode on a taken port succeeded")
+	}
+	cfg.BindAddr = "127.0.0.1:0"
+	for round := range 2 {
+		n, err := NewNode(cfg, kvfsm.New())
+		if err != nil {
+			t.Fatalf("round %d: NewNode with the same registry: %v", round, err)
+		}
+		if err := n.Shutdown(); err != nil {
+			t.Fatal(err)
 		}
 	}
 }
