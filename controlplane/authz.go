@@ -77,6 +77,7 @@ const (
 	ActionCARead         Action = "ca.read"
 	ActionClusterRead    Action = "cluster.read"
 	ActionClusterWrite   Action = "cluster.write"
+	ActionEventWatch     Action = "event.watch"
 	ActionEventRead      Action = "event.read"
 )
 
@@ -117,6 +118,7 @@ var actionScopes = map[Action]Scope{
 	ActionCARead:         ScopeAuthenticated,
 	ActionClusterRead:    ScopeSystem,
 	ActionClusterWrite:   ScopeSystem,
+	ActionEventWatch:     ScopeAnyAdmin,
 	ActionEventRead:      ScopeDomain,
 }
 
