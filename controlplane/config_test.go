@@ -4,6 +4,7 @@ import (
 	"errors"
 	"strings"
 	"testing"
+	"time"
 )
 
 const validConfig = `
@@ -42,8 +43,11 @@ func TestDecodeConfig(t *testing.T) {
 	if c.Listen.ClusterAdvertise != c.Listen.Cluster {
 		t.Errorf("cluster_advertise defaults to listen.cluster, got %q", c.Listen.ClusterAdvertise)
 	}
-	if c.Limits.MaxMessageBytes != 64<<10 || c.Limits.IssuePerIdentityPerMinute == 0 {
+	if c.Limits.MaxMessageBytes != 64<<10 || c.Limits.IssuePerIdentityPerMinute == 0 || c.Limits.ProviderTimeout.D() != 5*time.Second {
 		t.Errorf("limits not defaulted: %+v", c.Limits)
+	}
+	if c.CA.NodeCertTTL.D() != 24*time.Hour || c.CA.DenyServerAuth {
+		t.Errorf("node certificate lifetime %s, deny_server_auth %v: not the defaults", c.CA.NodeCertTTL.D(), c.CA.DenyServerAuth)
 	}
 }
 
@@ -64,6 +68,13 @@ func TestDecodeConfigRefusals(t *testing.T) {
 		{"peer ids unique", "{id: n2, address: 127.0.0.1:7454}", "{id: n1, address: 127.0.0.1:7454}", "appears twice"},
 		{"provider confirm endpoint must be https", "https://127.0.0.1:9443/confirm", "http://127.0.0.1:9443/confirm", "providers[0].confirm_endpoint"},
 		{"provider name is a service identity", "name: sys.auth.example", "name: example", "providers[0].name"},
+		{"cacerts mode needs a KEK to replicate the key", "  mode: self-signed\n  dir: /var/lib/meshca/ca\n  kek_env: MESHCA_KEK", "  mode: cacerts\n  dir: /etc/cacerts", "kek_file or kek_env is required in cacerts mode"},
+		{"one KEK source only", "  kek_env: MESHCA_KEK", "  kek_env: MESHCA_KEK\n  kek_file: /k", "set one of kek_file and kek_env"},
+		{"CA key type must be known", "  workload_ttl: 1h", "  workload_ttl: 1h\n  key_type: rsa-1024", "ca.key_type"},
+		{"node certificate lifetime has a floor", "  workload_ttl: 1h", "  workload_ttl: 1h\n  node_cert_ttl: 10s", "ca.node_cert_ttl: 10s is below the 1m minimum"},
+		{"server names are DNS names or IPs", "  http: 127.0.0.1:7080", "  http: 127.0.0.1:7080\n  server_names: [\"bad name\"]", "listen.server_names[0]"},
+		{"provider timeout is bounded", "admins:", "limits: {provider_timeout: 5m}\nadmins:", "limits.provider_timeout"},
+		{"rate limits are not negative", "admins:", "limits: {issue_per_source_per_minute: -1}\nadmins:", "limits.issue_per_source_per_minute: -1 is negative"},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {

@@ -103,9 +103,20 @@ func startServer(t testing.TB, mutate func(*Config)) *testServer {
 	if err != nil {
 		t.Fatal(err)
 	}
-	iss, err := LoadSelfSignedCA(cfg.CA.Dir, kek, time.Now())
+	auth, _, err := s.Authority()
 	if err != nil {
 		t.Fatal(err)
+	}
+	iss := auth.Issuer()
+	if cfg.CA.Mode == CAModeSelfSigned {
+		// An operator holding the KEK opens the same CA from ca.dir.
+		opened, err := LoadSelfSignedCA(cfg.CA.Dir, kek, time.Now())
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !opened.Certificate().Equal(iss.Certificate()) || opened.Signer().KeyID() != iss.Signer().KeyID() {
+			t.Fatal("ca.dir holds another CA than the replicated one")
+		}
 	}
 	return &testServer{t: t, s: s, cfg: cfg, kek: kek, iss: iss}
 }
@@ -295,7 +306,7 @@ func serverSVID(t testing.TB, iss *ca.Issuer, id spiffeid.ID) *x509svid.SVID {
 		IPAddresses: []net.IP{net.IPv4(127, 0, 0, 1)},
 		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth},
 	})
-	return &x509svid.SVID{ID: id, Certificates: []*x509.Certificate{leaf}, PrivateKey: key}
+	return &x509svid.SVID{ID: id, Certificates: append([]*x509.Certificate{leaf}, iss.Chain()...), PrivateKey: key}
 }
 
 // testProvider is a launcher's confirm endpoint on 127.0.0.1, served over mutual TLS with a
