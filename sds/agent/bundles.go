@@ -73,10 +73,7 @@ func (b *bundleStream) run(ctx context.Context) error {
 		b.log.Warn("agent: bundle stream from CA node ended; moving to the next node", "node", addr, "error", err)
 		node = (node + 1) % len(servers)
 		if failures%len(servers) == 0 {
-			wait := b.a.sched.backoff.after(failures / len(servers))
-			select {
-			case <-b.a.clock.After(wait):
-			case <-ctx.Done():
+			if !sleep(ctx, b.a.clock, b.a.sched.backoff.after(failures/len(servers))) {
 				return nil
 			}
 		}

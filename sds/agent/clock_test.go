@@ -12,10 +12,11 @@ import (
 type fakeClock struct {
 	mu     sync.Mutex
 	now    time.Time
-	timers []fakeTimer
+	timers []*fakeTimer
 }
 
 type fakeTimer struct {
+	c  *fakeClock
 	at time.Time
 	ch chan time.Time
 }
@@ -30,19 +31,33 @@ func (c *fakeClock) Now() time.Time {
 	return c.now
 }
 
-func (c *fakeClock) After(d time.Duration) <-chan time.Time {
+func (c *fakeClock) NewTimer(d time.Duration) Timer {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	ch := make(chan time.Time, 1)
+	t := &fakeTimer{c: c, at: c.now.Add(d), ch: make(chan time.Time, 1)}
 	if d <= 0 {
-		ch <- c.now
-		return ch
+		t.ch <- c.now
+		return t
 	}
-	c.timers = append(c.timers, fakeTimer{at: c.now.Add(d), ch: ch})
-	return ch
+	c.timers = append(c.timers, t)
+	return t
 }
 
-// Advance moves the clock by d and fires every timer due.
+func (t *fakeTimer) C() <-chan time.Time { return t.ch }
+
+func (t *fakeTimer) Stop() bool {
+	t.c.mu.Lock()
+	defer t.c.mu.Unlock()
+	for i, x := range t.c.timers {
+		if x == t {
+			t.c.timers = append(t.c.timers[:i], t.c.timers[i+1:]...)
+			return true
+		}
+	}
+	return false
+}
+
+// Advance moves the clock by d and fires every timer due. Timers stopped before are gone.
 func (c *fakeClock) Advance(d time.Duration) {
 	c.mu.Lock()
 	defer c.mu.Unlock()

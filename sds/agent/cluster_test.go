@@ -542,6 +542,19 @@ func (c *testCluster) newRoot() *x509.Certificate {
 	return iss.Certificate()
 }
 
+// publishRoot adds root to the bundle the cluster streams, as the first step of a CA rotation
+// does, and returns the new bundle.
+func (c *testCluster) publishRoot(root *x509.Certificate) *x509bundle.Bundle {
+	b, err := ca.AddRoot(c.authority.Bundle(), root)
+	if err != nil {
+		c.t.Fatal(err)
+	}
+	if err := c.bundles.SetBundle(b); err != nil {
+		c.t.Fatal(err)
+	}
+	return b
+}
+
 // federate adds (or replaces) a federated trust domain's bundle in what the cluster streams.
 func (c *testCluster) federate(td string) *x509bundle.Bundle {
 	key, err := signer.GenerateSoftware(signer.ECDSAP256)

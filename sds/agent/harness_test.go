@@ -156,7 +156,10 @@ func (r *runningAgent) servedSerial(id spiffeid.ID) string {
 
 func dialUnix(t *testing.T, sock string) *grpc.ClientConn {
 	t.Helper()
-	conn, err := grpc.NewClient("unix://"+sock, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	// Like Envoy, wait for the socket to be served instead of failing the first call: the
+	// agent starts listening in Run.
+	conn, err := grpc.NewClient("unix://"+sock, grpc.WithTransportCredentials(insecure.NewCredentials()),
+		grpc.WithDefaultCallOptions(grpc.WaitForReady(true)))
 	if err != nil {
 		t.Fatal(err)
 	}

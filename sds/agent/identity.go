@@ -101,12 +101,8 @@ func (l *identityLoop) run(ctx context.Context) error {
 	var retryAt time.Time
 	for {
 		_, at := l.a.sched.plan(clock.Now(), l.cur.holding(), l.r, retryAt)
-		if wait := at.Sub(clock.Now()); wait > 0 {
-			select {
-			case <-clock.After(wait):
-			case <-ctx.Done():
-				return nil
-			}
+		if !sleep(ctx, clock, at.Sub(clock.Now())) {
+			return nil
 		}
 		// Decide again at the time of the attempt: the certificate may have expired meanwhile.
 		act := actRefresh
@@ -218,8 +214,8 @@ func (l *identityLoop) refresh(ctx context.Context) error {
 		// stale certificate must not be served any longer.
 		l.log.Error("agent: CA refused to refresh: the instance is revoked or its serial was superseded; no longer serving this certificate, registering again if the attestation allows",
 			"serial", held.serial, "error", err)
-		l.a.store.RemoveSVID(l.id)
 		l.drop()
+		l.a.store.RemoveSVID(l.id)
 	case codes.Unauthenticated:
 		// The CA does not accept the certificate as a credential (expired by its clock, or
 		// its root dropped): register again, serving the current one until then.

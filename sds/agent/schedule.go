@@ -1,6 +1,7 @@
 package agent
 
 import (
+	"context"
 	"time"
 )
 
@@ -9,14 +10,42 @@ import (
 // without waiting for it.
 type Clock interface {
 	Now() time.Time
-	// After returns a channel that receives the time once d has passed.
-	After(d time.Duration) <-chan time.Time
+	// NewTimer returns a timer that fires once d has passed.
+	NewTimer(d time.Duration) Timer
+}
+
+// Timer is a one-shot timer of a Clock.
+type Timer interface {
+	// C receives the time when the timer fires.
+	C() <-chan time.Time
+	// Stop cancels the timer; it reports whether it had not fired yet.
+	Stop() bool
 }
 
 type realClock struct{}
 
-func (realClock) Now() time.Time                         { return time.Now() }
-func (realClock) After(d time.Duration) <-chan time.Time { return time.After(d) }
+func (realClock) Now() time.Time                 { return time.Now() }
+func (realClock) NewTimer(d time.Duration) Timer { return realTimer{time.NewTimer(d)} }
+
+type realTimer struct{ t *time.Timer }
+
+func (t realTimer) C() <-chan time.Time { return t.t.C }
+func (t realTimer) Stop() bool          { return t.t.Stop() }
+
+// sleep waits for d on clock, or until ctx ends; it reports whether d passed.
+func sleep(ctx context.Context, clock Clock, d time.Duration) bool {
+	if d <= 0 {
+		return ctx.Err() == nil
+	}
+	t := clock.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C():
+		return true
+	case <-ctx.Done():
+		return false
+	}
+}
 
 // action is what an identity's loop does next.
 type action int
