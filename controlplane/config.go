@@ -170,6 +170,14 @@ func (d *Duration) UnmarshalYAML(n *yaml.Node) error {
 	return nil
 }
 
+// MarshalYAML writes the duration as it was read, or in Go's notation.
+func (d Duration) MarshalYAML() (any, error) {
+	if d.raw != "" {
+		return d.raw, nil
+	}
+	return d.d.String(), nil
+}
+
 // D returns the value as a time.Duration.
 func (d Duration) D() time.Duration { return d.d }
 

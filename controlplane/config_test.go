@@ -1,10 +1,13 @@
 package controlplane
 
 import (
+	"bytes"
 	"errors"
 	"strings"
 	"testing"
 	"time"
+
+	"go.yaml.in/yaml/v3"
 )
 
 const validConfig = `
@@ -103,4 +106,25 @@ func FuzzDecodeConfig(f *testing.F) {
 			t.Fatal("DecodeConfig returned a config that does not validate")
 		}
 	})
+}
+
+// TestConfigRoundTrip pins down that a Config written as YAML reads back the same: test
+// harnesses and tools write configs this way.
+func TestConfigRoundTrip(t *testing.T) {
+	c, err := DecodeConfig(strings.NewReader(validConfig))
+	if err != nil {
+		t.Fatal(err)
+	}
+	out, err := yaml.Marshal(c)
+	if err != nil {
+		t.Fatal(err)
+	}
+	back, err := DecodeConfig(bytes.NewReader(out))
+	if err != nil {
+		t.Fatalf("written config does not read back: %v\n%s", err, out)
+	}
+	if back.CA.WorkloadTTL.D() != time.Hour || back.Limits.ProviderTimeout.D() != 5*time.Second ||
+		back.Providers[0].ConfirmEndpoint != c.Providers[0].ConfirmEndpoint || len(back.Raft.Peers) != 2 {
+		t.Fatalf("round trip changed the config:\n%s", out)
+	}
 }
