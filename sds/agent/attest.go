@@ -133,6 +133,8 @@ func runDocumentCommand(ctx context.Context, argv []string, timeout time.Duratio
 	stdout := &boundedBuffer{max: maxAttestationSize}
 	stderr := &boundedBuffer{max: 4 << 10}
 	cmd.Stdout, cmd.Stderr = stdout, stderr
+	// A child that keeps the output open after the command is killed does not hold us up.
+	cmd.WaitDelay = time.Second
 	if err := cmd.Run(); err != nil {
 		if ctx.Err() != nil {
 			return nil, fmt.Errorf("did not finish within %s: %w", timeout, err)

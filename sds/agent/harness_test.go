@@ -192,6 +192,21 @@ func openEnvoy(t *testing.T, sock string, names ...string) *envoy {
 // recv waits for the next response and ACKs it, as Envoy does.
 func (e *envoy) recv() map[string]*tlsv3.Secret {
 	e.t.Helper()
+	resp := e.recvRaw()
+	out := map[string]*tlsv3.Secret{}
+	for _, a := range resp.Resources {
+		s := &tlsv3.Secret{}
+		if err := a.UnmarshalTo(s); err != nil {
+			e.t.Fatal(err)
+		}
+		out[s.Name] = s
+	}
+	return out
+}
+
+// recvRaw waits for the next response and ACKs it.
+func (e *envoy) recvRaw() *discovery.DiscoveryResponse {
+	e.t.Helper()
 	type result struct {
 		resp *discovery.DiscoveryResponse
 		err  error
@@ -213,15 +228,7 @@ func (e *envoy) recv() map[string]*tlsv3.Secret {
 	if err := e.st.Send(&discovery.DiscoveryRequest{TypeUrl: resource.SecretType, ResourceNames: e.names, VersionInfo: r.resp.VersionInfo, ResponseNonce: r.resp.Nonce}); err != nil {
 		e.t.Fatalf("ACK: %v", err)
 	}
-	out := map[string]*tlsv3.Secret{}
-	for _, a := range r.resp.Resources {
-		s := &tlsv3.Secret{}
-		if err := a.UnmarshalTo(s); err != nil {
-			e.t.Fatal(err)
-		}
-		out[s.Name] = s
-	}
-	return out
+	return r.resp
 }
 
 // recvUntil receives responses until cond holds for one.
