@@ -15,6 +15,7 @@ import (
 	"go.yaml.in/yaml/v3"
 
 	"github.com/meshca/meshca/ca/signer"
+	"github.com/meshca/meshca/raftstore"
 )
 
 // Config is meshca-server's configuration file. Decode it with LoadConfig or DecodeConfig:
@@ -39,6 +40,9 @@ type Config struct {
 	Admins []string `yaml:"admins"`
 	// Providers are seeded into the replicated state when the cluster is first bootstrapped.
 	Providers []ProviderConfig `yaml:"providers"`
+	// Services are seeded, with their domains and launch grants, when the cluster is first
+	// bootstrapped (demo and test clusters; later changes go through the admin API).
+	Services []ServiceConfig `yaml:"services"`
 	// Limits bound what one caller can ask of the node.
 	Limits LimitsConfig `yaml:"limits"`
 }
@@ -135,6 +139,14 @@ type ProviderConfig struct {
 	// RegisterToken, when set, is a file to write a one-time register token into, so the
 	// provider can get its own server certificate (a bootstrap convenience for meshctl dev).
 	RegisterTokenFile string `yaml:"register_token_file"`
+}
+
+// ServiceConfig seeds a service identity and the providers allowed to launch it.
+type ServiceConfig struct {
+	// Name is the service identity <domain>.<service>, e.g. sports.api.
+	Name string `yaml:"name"`
+	// LaunchGrants are provider patterns: a provider name or a name followed by ".*".
+	LaunchGrants []string `yaml:"launch_grants"`
 }
 
 // LimitsConfig bounds what a caller can ask of a node.
@@ -411,6 +423,22 @@ func (c *Config) Validate() error {
 	} {
 		if l.n < 0 {
 			return bad(l.field, "%d is negative", l.n)
+		}
+	}
+	seenService := map[string]bool{}
+	for i, sv := range c.Services {
+		field := fmt.Sprintf("services[%d]", i)
+		if _, _, err := raftstore.SplitIdentity(sv.Name); err != nil {
+			return bad(field+".name", "%q must be a service identity <domain>.<service>", sv.Name)
+		}
+		if seenService[sv.Name] {
+			return bad(field+".name", "%q appears twice", sv.Name)
+		}
+		seenService[sv.Name] = true
+		for j, g := range sv.LaunchGrants {
+			if err := raftstore.ValidateGrantPattern(g); err != nil {
+				return bad(fmt.Sprintf("%s.launch_grants[%d]", field, j), "%q is not a provider name or a name followed by \".*\"", g)
+			}
 		}
 	}
 	if c.Limits.MaxMessageBytes < 4<<10 {

@@ -77,6 +77,8 @@ func TestDecodeConfigRefusals(t *testing.T) {
 		{"node certificate lifetime has a floor", "  workload_ttl: 1h", "  workload_ttl: 1h\n  node_cert_ttl: 10s", "ca.node_cert_ttl: 10s is below the 1m minimum"},
 		{"server names are DNS names or IPs", "  http: 127.0.0.1:7080", "  http: 127.0.0.1:7080\n  server_names: [\"bad name\"]", "listen.server_names[0]"},
 		{"provider timeout is bounded", "admins:", "limits: {provider_timeout: 5m}\nadmins:", "limits.provider_timeout"},
+		{"seeded service is a service identity", "admins:", "services: [{name: api}]\nadmins:", "services[0].name"},
+		{"seeded grant is a provider pattern", "admins:", "services: [{name: sports.api, launch_grants: [\"*\"]}]\nadmins:", "services[0].launch_grants[0]"},
 		{"rate limits are not negative", "admins:", "limits: {issue_per_source_per_minute: -1}\nadmins:", "limits.issue_per_source_per_minute: -1 is negative"},
 	}
 	for _, tc := range cases {

@@ -178,9 +178,10 @@ func (s *Server) leaderDuties(ctx context.Context) {
 	}
 }
 
-// bootstrapState seeds the config's providers (created if missing, never overwritten) and then
-// proposes this node's CA as the cluster's, once: when the CA record exists, bootstrap is over
-// and neither is proposed again, so providers an operator deleted stay deleted.
+// bootstrapState seeds the config's providers and services (created if missing, never
+// overwritten) and then proposes this node's CA as the cluster's, once: when the CA record
+// exists, bootstrap is over and nothing is seeded again, so records an operator deleted stay
+// deleted.
 func (s *Server) bootstrapState(ctx context.Context) error {
 	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
@@ -202,6 +203,23 @@ func (s *Server) bootstrapState(ctx context.Context) error {
 			return err
 		}
 	}
+	for _, sv := range s.cfg.Services {
+		domain, service, _ := raftstore.SplitIdentity(sv.Name)
+		if _, err := s.fsm.State().Domain(domain); err != nil {
+			_, err := s.Apply(ctx, &meshcav1.Command{Command: &meshcav1.Command_PutDomain{PutDomain: &meshcav1.PutDomainCommand{
+				Mode: meshcav1.PutMode_PUT_MODE_CREATE, Domain: &meshcav1.Domain{Name: domain},
+			}}})
+			if err != nil && !errors.Is(err, raftstore.ErrAlreadyExists) {
+				return err
+			}
+		}
+		_, err := s.Apply(ctx, &meshcav1.Command{Command: &meshcav1.Command_PutService{PutService: &meshcav1.PutServiceCommand{
+			Mode: meshcav1.PutMode_PUT_MODE_CREATE, Service: &meshcav1.Service{Domain: domain, Name: service, LaunchGrants: sv.LaunchGrants},
+		}}})
+		if err != nil && !errors.Is(err, raftstore.ErrAlreadyExists) {
+			return err
+		}
+	}
 	var roots [][]byte
 	for _, r := range s.local.issuer.Roots() {
 		roots = append(roots, r.Raw)
@@ -212,6 +230,6 @@ func (s *Server) bootstrapState(ctx context.Context) error {
 	if err != nil && !errors.Is(err, raftstore.ErrAlreadyExists) {
 		return err
 	}
-	s.log.Info("cluster CA record set", "issuer", s.local.record.GetId(), "providers_seeded", len(s.cfg.Providers))
+	s.log.Info("cluster CA record set", "issuer", s.local.record.GetId(), "providers_seeded", len(s.cfg.Providers), "services_seeded", len(s.cfg.Services))
 	return nil
 }
