@@ -475,11 +475,18 @@ func (c *Cluster) TLSConfig(cert *tls.Certificate) *tls.Config {
 // is closed at the end of the test.
 func (c *Cluster) Dial(n *Node, cert *tls.Certificate) *grpc.ClientConn {
 	c.t.Helper()
+	cc := c.Connect(n, cert)
+	c.t.Cleanup(func() { cc.Close() })
+	return cc
+}
+
+// Connect is Dial for a connection the caller closes (one per call, as a client whose
+// certificate changes with every refresh needs).
+func (c *Cluster) Connect(n *Node, cert *tls.Certificate) *grpc.ClientConn {
 	cc, err := grpc.NewClient(n.GRPCAddr, grpc.WithTransportCredentials(credentials.NewTLS(c.TLSConfig(cert))))
 	if err != nil {
 		c.t.Fatal(err)
 	}
-	c.t.Cleanup(func() { cc.Close() })
 	return cc
 }
 
