@@ -159,17 +159,9 @@ func (n *Node) callLeader(ctx context.Context, epoch context.Context, id, addr s
 func (n *Node) applyLocal(ctx context.Context, cmd []byte) ([]byte, error) {
 	r := n.raft.Load()
 	f := r.Apply(cmd, timeoutOf(ctx, defaultProposeTimeout))
-	done := make(chan error, 1)
-	n.wg.Add(1)
-	go func() {
-		defer n.wg.Done()
-		done <- f.Error()
-	}()
-	var err error
-	select {
-	case err = <-done:
-	case <-ctx.Done():
-		return nil, fmt.Errorf("%w: outcome unknown: %w", errRetry, ctx.Err())
+	err, finished := n.await(ctx, f.Error)
+	if !finished {
+		return nil, fmt.Errorf("%w: outcome unknown: %w", errRetry, err)
 	}
 	switch {
 	case err == nil:

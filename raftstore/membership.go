@@ -136,15 +136,11 @@ func (n *Node) transferLocal(ctx context.Context, to string) error {
 }
 
 func (n *Node) awaitMembership(ctx context.Context, op string, f raft.Future) error {
-	errCh := make(chan error, 1)
-	n.wg.Add(1)
-	go func() { defer n.wg.Done(); errCh <- f.Error() }()
-	select {
-	case err := <-errCh:
-		return membershipError(op, err)
-	case <-ctx.Done():
-		return fmt.Errorf("%w: outcome unknown: %w", errRetry, ctx.Err())
+	err, finished := n.await(ctx, f.Error)
+	if !finished {
+		return fmt.Errorf("%w: outcome unknown: %w", errRetry, err)
 	}
+	return membershipError(op, err)
 }
 
 func (n *Node) configuration() []raft.Server {

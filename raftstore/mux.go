@@ -27,7 +27,10 @@ type mux struct {
 
 	closeOnce sync.Once
 	closed    chan struct{}
-	wg        sync.WaitGroup
+	// routeMu orders starting a route goroutine against Close's wg.Wait.
+	routeMu  sync.RWMutex
+	stopping bool
+	wg       sync.WaitGroup
 }
 
 func newMux(ln net.Listener, cfg *tls.Config, handshakeTimeout time.Duration, refused *prometheus.CounterVec, logger *slog.Logger) *mux {
@@ -72,7 +75,14 @@ func (m *mux) Serve() {
 			continue
 		}
 		delay = 0
+		m.routeMu.RLock()
+		if m.stopping {
+			m.routeMu.RUnlock()
+			conn.Close()
+			return
+		}
 		m.wg.Add(1)
+		m.routeMu.RUnlock()
 		go func() {
 			defer m.wg.Done()
 			m.route(conn)
@@ -120,6 +130,9 @@ func (m *mux) Close() error {
 		err = m.ln.Close()
 		m.raft.Close()
 		m.grpc.Close()
+		m.routeMu.Lock()
+		m.stopping = true
+		m.routeMu.Unlock()
 	})
 	m.wg.Wait()
 	return err

@@ -283,6 +283,9 @@ type Node struct {
 	stop     chan struct{}
 	stopOnce sync.Once
 	wg       sync.WaitGroup
+	// waitersMu orders starting a tracked goroutine against Shutdown's wg.Wait.
+	waitersMu sync.RWMutex
+	stopped   bool
 }
 
 // NewNode opens the data dir, binds the cluster port and starts Raft with fsm. fsm's Apply
@@ -618,14 +621,34 @@ func (n *Node) Barrier(ctx context.Context) error {
 }
 
 func (n *Node) waitFuture(ctx context.Context, op string, f raft.Future) error {
+	err, finished := n.await(ctx, f.Error)
+	if !finished {
+		return fmt.Errorf("raftstore: %s: %w: %w", op, ErrUnavailable, err)
+	}
+	return n.raftError(op, err)
+}
+
+// await runs wait (a raft future's Error, which raft always resolves, at the latest when it
+// shuts down) on a goroutine the node tracks, and returns its error, or ctx's error with
+// finished false if ctx ends first. After Shutdown it returns raft.ErrRaftShutdown.
+func (n *Node) await(ctx context.Context, wait func() error) (err error, finished bool) {
+	n.waitersMu.RLock()
+	if n.stopped {
+		n.waitersMu.RUnlock()
+		return raft.ErrRaftShutdown, true
+	}
 	errCh := make(chan error, 1)
 	n.wg.Add(1)
-	go func() { defer n.wg.Done(); errCh <- f.Error() }()
+	n.waitersMu.RUnlock()
+	go func() {
+		defer n.wg.Done()
+		errCh <- wait()
+	}()
 	select {
 	case err := <-errCh:
-		return n.raftError(op, err)
+		return err, true
 	case <-ctx.Done():
-		return fmt.Errorf("raftstore: %s: %w: %w", op, ErrUnavailable, ctx.Err())
+		return ctx.Err(), false
 	}
 }
 
@@ -706,18 +729,11 @@ func (n *Node) Restore(ctx context.Context, r io.Reader, size int64) error {
 		return fmt.Errorf("raftstore: restore: %w", ErrNotLeader)
 	}
 	meta := &raft.SnapshotMeta{Version: raft.SnapshotVersionMax, Size: size}
-	errCh := make(chan error, 1)
-	n.wg.Add(1)
-	go func() {
-		defer n.wg.Done()
-		errCh <- rf.Restore(meta, r, timeoutOf(ctx, defaultProposeTimeout))
-	}()
-	select {
-	case err := <-errCh:
-		return n.raftError("restore", err)
-	case <-ctx.Done():
-		return fmt.Errorf("raftstore: restore: %w: outcome unknown: %w", ErrUnavailable, ctx.Err())
+	err, finished := n.await(ctx, func() error { return rf.Restore(meta, r, timeoutOf(ctx, defaultProposeTimeout)) })
+	if !finished {
+		return fmt.Errorf("raftstore: restore: %w: outcome unknown: %w", ErrUnavailable, err)
 	}
+	return n.raftError("restore", err)
 }
 
 // Shutdown stops Raft, the internal service and the cluster port, and closes the log.
@@ -737,6 +753,9 @@ func (n *Node) Shutdown() error {
 			errs = append(errs, fmt.Errorf("transport: %w", err))
 		}
 		n.mux.Close()
+		n.waitersMu.Lock()
+		n.stopped = true
+		n.waitersMu.Unlock()
 		n.wg.Wait()
 		if err := n.logStore.Close(); err != nil {
 			errs = append(errs, fmt.Errorf("log: %w", err))
