@@ -196,3 +196,29 @@ func TestGetBundle(t *testing.T) {
 		t.Fatalf("federated bundle %v: %v", fb, err)
 	}
 }
+
+// TestRefreshRetryWithPreviousSerial pins down the one retry a client that lost a refresh's
+// answer gets: presenting the previous serial again with the key of the unanswered
+// certificate is accepted once; presenting it a second time revokes the instance.
+func TestRefreshRetryWithPreviousSerial(t *testing.T) {
+	f := newIdentityFixture(t, nil)
+	ctx := context.Background()
+	w := newWorkload(t, "sports", "api", testSuffix, "pod-retry")
+	old := w.tlsCert(t, f.register(t, w))
+	w.key = newKey(t)
+	csr := w.csr(t, nil)
+	if _, err := f.clientWith(old).Refresh(ctx, &meshcav1.RefreshRequest{Csr: csr}); err != nil {
+		t.Fatal(err)
+	}
+	// The answer was lost: the client asks again with the old certificate and the same key.
+	retried, err := f.clientWith(old).Refresh(ctx, &meshcav1.RefreshRequest{Csr: w.csr(t, nil)})
+	if err != nil {
+		t.Fatalf("retry with the previous serial: %v", err)
+	}
+	inst, _ := f.s.Store().State().Instance(provMain, "sports", "api", w.id)
+	if inst.GetCurrentSerial() != retried.GetSerial() || inst.GetRevoked() {
+		t.Fatalf("instance after the retry: %v", inst)
+	}
+	_, err = f.clientWith(old).Refresh(ctx, &meshcav1.RefreshRequest{Csr: w.csr(t, nil)})
+	wantStatusCode(t, err, codes.PermissionDenied, "was already presented once")
+}

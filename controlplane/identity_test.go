@@ -374,6 +374,19 @@ func TestIdentityRefusals(t *testing.T) {
 			_, err := f.clientWith(first).Refresh(ctx, &meshcav1.RefreshRequest{Csr: w.csr(t, nil)})
 			return err
 		}, codes.PermissionDenied, "is neither the current serial"},
+		{"a revoked instance id never registers again", func(t *testing.T) error {
+			w, _ := registered(t)
+			f.apply(&meshcav1.Command{Command: &meshcav1.Command_Revoke{Revoke: &meshcav1.RevokeCommand{
+				Target: &meshcav1.RevokeCommand_Instance{Instance: &meshcav1.InstanceRef{Provider: provMain, Domain: "sports", Service: "api", InstanceId: w.id}},
+				Reason: meshcav1.RevocationReason_REVOCATION_REASON_KEY_COMPROMISE,
+			}}})
+			w.key = newKey(t)
+			return register(t, provMain, w, nil)
+		}, codes.PermissionDenied, "a revoked instance id never registers again"},
+		{"an instance id held by another identity of the provider is refused", func(t *testing.T) error {
+			w, _ := registered(t)
+			return register(t, provMain, newWorkload(t, "sports", "web", testSuffix, w.id), nil)
+		}, codes.AlreadyExists, `is already held by "sports.api" under provider "sys.auth.test"; instance ids are unique per provider`},
 		{"registering one instance faster than its limit is resource exhausted", func(t *testing.T) error {
 			var err error
 			for range 6 { // the fixture allows 5 a minute per instance
