@@ -50,7 +50,10 @@ type refusal struct {
 	reason      string
 }
 
+// Error is "<field>: <rule>".
 func (r *refusal) Error() string { return r.field + ": " + r.rule }
+
+// Unwrap returns the sentinel.
 func (r *refusal) Unwrap() error { return r.kind }
 
 // refuse builds a refusal of kind naming field and the rule.

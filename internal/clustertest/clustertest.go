@@ -263,8 +263,10 @@ func (c *Cluster) TrustDomain() spiffeid.TrustDomain { return c.td }
 // Dir is the cluster's directory: the shared ca dir, the KEK and a folder per node.
 func (c *Cluster) Dir() string { return c.dir }
 
-// CADir is the CA directory the nodes share; KEKPath the KEK file that opens its key.
-func (c *Cluster) CADir() string   { return c.caDir }
+// CADir is the self-signed CA directory the nodes share.
+func (c *Cluster) CADir() string { return c.caDir }
+
+// KEKPath is the file holding the KEK that opens the CA key in CADir.
 func (c *Cluster) KEKPath() string { return c.kekPath }
 
 // StartNode starts a node's process (again, after Kill or Stop) without waiting for it to be
