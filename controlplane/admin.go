@@ -278,7 +278,26 @@ func (a *Admin) commit(ctx context.Context, c caller, prefix string, cmd *meshca
 		return nil, err
 	}
 	a.log.Info("admin change", "caller", c.SPIFFEID, "command", strings.TrimSuffix(prefix, "."), "index", res.GetIndex())
+	a.waitApplied(ctx, res.GetIndex())
 	return res, nil
+}
+
+// waitApplied waits until the local state machine has applied index, so that a caller that
+// changed something through this node reads its change here next (a follower applies a
+// command shortly after the leader answers for it). It waits on the state machine's change
+// notification; when ctx ends first it returns anyway, since the change is committed.
+func (a *Admin) waitApplied(ctx context.Context, index uint64) {
+	for {
+		changed := a.store.FSM().Changed()
+		if a.store.State().AppliedIndex() >= index {
+			return
+		}
+		select {
+		case <-changed:
+		case <-ctx.Done():
+			return
+		}
+	}
 }
 
 // randomID returns 128 random bits in hex: register token ids and CSR request ids.
