@@ -184,31 +184,34 @@ func Authorize(systemAdmins []string, caller Principal, action Action, res Resou
 	if caller.in(systemAdmins) {
 		return allow("system admin")
 	}
-	what := string(action)
-	if res.Kind != "" {
-		what = fmt.Sprintf("%s on %s %q", action, res.Kind, res.Name)
+	// what names the action and the resource in a refusal.
+	what := func() string {
+		if res.Kind == "" {
+			return string(action)
+		}
+		return fmt.Sprintf("%s on %s %q", action, res.Kind, res.Name)
 	}
 	switch scope {
 	case ScopeSystem:
-		return deny("is not a system admin (%s needs one)", what)
+		return deny("is not a system admin (%s needs one)", what())
 	case ScopeDomain:
 		if res.Domain == "" {
-			return deny("is not a system admin (%s concerns no domain, so it needs one)", what)
+			return deny("is not a system admin (%s concerns no domain, so it needs one)", what())
 		}
 		if caller.in(res.DomainAdmins) {
 			return allow("admin of domain " + res.Domain)
 		}
-		return deny("is not an admin of domain %s (%s)", res.Domain, what)
+		return deny("is not an admin of domain %s (%s)", res.Domain, what())
 	case ScopeOwner:
 		if res.Owner != "" && caller.Is(res.Owner) {
 			return allow("owner")
 		}
-		return deny("is neither a system admin nor the submitter of %s", what)
+		return deny("is neither a system admin nor the submitter of %s", what())
 	case ScopeAnyAdmin:
 		if res.CallerAdminsSomeDomain {
 			return allow("admin of a domain")
 		}
-		return deny("is neither a system admin nor an admin of any domain (%s)", what)
+		return deny("is neither a system admin nor an admin of any domain (%s)", what())
 	case ScopeAuthenticated:
 		return allow("authenticated")
 	}
