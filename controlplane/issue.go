@@ -60,6 +60,9 @@ type registerInput struct {
 	ClientAddr string
 	// Flow is the metrics label; FlowRegister when empty.
 	Flow string
+	// Confirmed, when set, is the confirmation the calling flow already obtained (it verified
+	// a service key token itself): the provider's confirmer is not asked.
+	Confirmed *Confirmation
 }
 
 // RefreshOptions are the parts of a refresh besides the authenticated client certificate and
@@ -261,13 +264,16 @@ func (s *Server) register(ctx context.Context, in registerInput) (_ *Issued, err
 	if ku, err := st.KeyUse(fp[:]); err == nil {
 		return nil, refuse(policy.ErrKeyReused, "csr", "public key %s was first used by serial %s; every certificate needs a new key", fp, ku.GetSerial())
 	}
-	conf, err := s.confirmWith(ctx, p, &confirm.Request{
-		Operation: confirm.OperationRegister, Provider: p.GetName(), Domain: in.Domain, Service: in.Service,
-		InstanceID: instanceID, AttestationData: in.AttestationData, SANs: sansOf(csr),
-		ClientAddr: in.ClientAddr, Hostname: in.Hostname, TTLSeconds: int64(ttl / time.Second),
-	})
-	if err != nil {
-		return nil, err
+	conf := in.Confirmed
+	if conf == nil {
+		conf, err = s.confirmWith(ctx, p, &confirm.Request{
+			Operation: confirm.OperationRegister, Provider: p.GetName(), Domain: in.Domain, Service: in.Service,
+			InstanceID: instanceID, AttestationData: in.AttestationData, SANs: sansOf(csr),
+			ClientAddr: in.ClientAddr, Hostname: in.Hostname, TTLSeconds: int64(ttl / time.Second),
+		})
+		if err != nil {
+			return nil, err
+		}
 	}
 	if conf.TTL > 0 && conf.TTL < req.TTL {
 		req.TTL = conf.TTL
