@@ -127,6 +127,10 @@ func (a *Admin) RevokeInstance(ctx context.Context, req *meshcav1.RevokeInstance
 	if err != nil {
 		return nil, err
 	}
+	if inst.GetRevoked() {
+		return nil, refuse(raftstore.ErrFailedPrecondition, "instance_id", "instance %q of provider %q is already revoked (%s)",
+			inst.GetInstanceId(), inst.GetProvider(), inst.GetRevokeReason())
+	}
 	detail := req.GetDetail()
 	if detail == "" {
 		detail = "revoked by " + c.SPIFFEID

@@ -438,3 +438,55 @@ func TestAdminIsServedOnTheServerPort(t *testing.T) {
 	_, err = e.dialAdmin(e.s.GRPCAddr(), e.clientCert(newsAdmin)).DeleteDomain(ctx, &meshcav1.DeleteDomainRequest{Name: "sports"})
 	wantStatus(t, err, codes.PermissionDenied, "caller "+newsAdmin+" is not a system admin")
 }
+
+// ListInstances pages through the instances that match its filters, each exactly once; a
+// revoked instance cannot be revoked again.
+func TestAdminListInstancesPagesThroughTheMatches(t *testing.T) {
+	e := newAdminEnv(t)
+	e.seed()
+	for _, id := range []string{"a-1", "a-2", "a-3", "a-4", "a-5"} {
+		e.register("sports", "api", id)
+	}
+	e.register("news", "web", "n-1")
+	root := e.as(rootAdmin)
+	ctx := e.ctx()
+	if _, err := root.RevokeInstance(ctx, &meshcav1.RevokeInstanceRequest{Provider: "sys.auth.k8s", InstanceId: "a-3"}); err != nil {
+		t.Fatal(err)
+	}
+	_, err := root.RevokeInstance(ctx, &meshcav1.RevokeInstanceRequest{Provider: "sys.auth.k8s", InstanceId: "a-3"})
+	wantStatus(t, err, codes.FailedPrecondition, "instance_id: ", `instance "a-3" of provider "sys.auth.k8s" is already revoked`)
+
+	list := func(req *meshcav1.ListInstancesRequest) (ids []string, pages int) {
+		t.Helper()
+		for {
+			page, err := root.ListInstances(ctx, req)
+			ok(t, err)
+			pages++
+			for _, i := range page.GetInstances() {
+				ids = append(ids, i.GetInstanceId())
+			}
+			if page.GetNextPageToken() == "" {
+				return ids, pages
+			}
+			req.PageToken = page.GetNextPageToken()
+		}
+	}
+	ids, pages := list(&meshcav1.ListInstancesRequest{Domain: "sports", Service: "api", PageSize: 2})
+	if strings.Join(ids, ",") != "a-1,a-2,a-3,a-4,a-5" || pages != 3 {
+		t.Fatalf("sports.api instances %v in %d pages, want a-1..a-5 in 3", ids, pages)
+	}
+	ids, _ = list(&meshcav1.ListInstancesRequest{Revoked: meshcav1.RevokedFilter_REVOKED_FILTER_ACTIVE, PageSize: 2})
+	if strings.Join(ids, ",") != "a-1,a-2,a-4,a-5,n-1" {
+		t.Fatalf("active instances %v", ids)
+	}
+	ids, _ = list(&meshcav1.ListInstancesRequest{Revoked: meshcav1.RevokedFilter_REVOKED_FILTER_REVOKED})
+	if strings.Join(ids, ",") != "a-3" {
+		t.Fatalf("revoked instances %v", ids)
+	}
+	ids, _ = list(&meshcav1.ListInstancesRequest{Provider: "sys.auth.other"})
+	if len(ids) != 0 {
+		t.Fatalf("another provider's instances %v", ids)
+	}
+	_, err = root.ListInstances(ctx, &meshcav1.ListInstancesRequest{PageSize: 5000})
+	wantStatus(t, err, codes.InvalidArgument, "page_size: 5000 is outside 0..1000")
+}
