@@ -10,15 +10,25 @@ import (
 // Reasons a cluster connection is refused, the values of the reason label of
 // meshca_raft_conn_refused_total.
 const (
-	RefusedNoCertificate    = "no_certificate"
-	RefusedBadCertificate   = "bad_certificate"
-	RefusedNotSPIFFE        = "not_spiffe"
+	// RefusedNoCertificate: the client presented no certificate.
+	RefusedNoCertificate = "no_certificate"
+	// RefusedBadCertificate: the certificate does not parse.
+	RefusedBadCertificate = "bad_certificate"
+	// RefusedNotSPIFFE: the certificate does not carry exactly one SPIFFE ID.
+	RefusedNotSPIFFE = "not_spiffe"
+	// RefusedWrongTrustDomain: the SPIFFE ID is in another trust domain.
 	RefusedWrongTrustDomain = "wrong_trust_domain"
-	RefusedNotServer        = "not_server"
-	RefusedUntrusted        = "untrusted"
-	RefusedNotMember        = "not_member"
-	RefusedNoALPN           = "no_alpn"
-	RefusedHandshake        = "handshake"
+	// RefusedNotServer: the SPIFFE ID is not spiffe://<td>/meshca/server/<id>.
+	RefusedNotServer = "not_server"
+	// RefusedUntrusted: the certificate does not chain to the cluster CA (or is expired).
+	RefusedUntrusted = "untrusted"
+	// RefusedNotMember: the node id is not in the current Raft configuration.
+	RefusedNotMember = "not_member"
+	// RefusedNoALPN: the connection negotiated neither ALPNRaft nor ALPNGRPC.
+	RefusedNoALPN = "no_alpn"
+	// RefusedHandshake: the TLS handshake failed before the peer check (not TLS, no common
+	// version or cipher suite, timeout).
+	RefusedHandshake = "handshake"
 )
 
 type nodeMetrics struct {

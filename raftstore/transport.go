@@ -32,6 +32,7 @@ type PeerRefusedError struct {
 	Err error
 }
 
+// Error names the reason, the peer and the cause.
 func (e *PeerRefusedError) Error() string {
 	msg := "raftstore: peer refused (" + e.Reason + ")"
 	if e.ID != "" {
