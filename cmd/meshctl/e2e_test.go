@@ -264,6 +264,17 @@ func TestMeshctlAgainstACluster(t *testing.T) {
 		}
 		last = ev.Index
 	}
+
+	// The cluster commands: a snapshot on one node, then leadership handed to a named voter.
+	if out := e.ok(admin, "cluster", "snapshot"); !strings.Contains(out, "node "+follower.ID+": snapshot ") {
+		t.Fatalf("cluster snapshot printed %q", out)
+	}
+	to := c.Followers()[len(c.Followers())-1]
+	e.ok(envAt(leader.GRPCAddr, adminCert, adminKey), "cluster", "transfer-leader", to.ID)
+	if now := c.Leader(); now.ID != to.ID {
+		t.Fatalf("leader after transfer-leader %s: %s", to.ID, now.ID)
+	}
+	oneErrorLine(t, e.run(admin, "cluster", "remove", "n9"), exitError, `meshctl: cluster remove: NotFound: id: `)
 }
 
 // pemCSR makes a PEM CSR for a fresh key naming cn.
