@@ -10,8 +10,9 @@ import (
 // clusterResource is the Raft group, for authorization.
 var clusterResource = Resource{Kind: "cluster", Name: "raft"}
 
-// ClusterStatus is the answering node's view of the Raft group.
-func (a *Admin) ClusterStatus(ctx context.Context, _ *meshcav1.ClusterStatusRequest) (*meshcav1.ClusterStatusResponse, error) {
+// ClusterStatus is the answering node's view of the Raft group and, when asked, the hash of
+// its replicated state, so replicas can be compared over the network.
+func (a *Admin) ClusterStatus(ctx context.Context, req *meshcav1.ClusterStatusRequest) (*meshcav1.ClusterStatusResponse, error) {
 	st := a.store.State()
 	if _, err := a.authorize(ctx, st, ActionClusterRead, clusterResource); err != nil {
 		return nil, err
@@ -21,6 +22,10 @@ func (a *Admin) ClusterStatus(ctx context.Context, _ *meshcav1.ClusterStatusRequ
 		NodeId: s.ID, State: s.State, LeaderId: s.LeaderID, LeaderAddress: s.LeaderAddress, Term: s.Term,
 		LastIndex: s.LastIndex, CommitIndex: s.CommitIndex, AppliedIndex: s.AppliedIndex,
 		LastEventIndex: st.LastEventIndex(),
+	}
+	if req.GetStateHash() {
+		sum := st.Hash()
+		out.StateHash, out.StateAppliedIndex = sum[:], st.AppliedIndex()
 	}
 	for _, p := range s.Peers {
 		cp := &meshcav1.ClusterPeer{Id: p.ID, Address: p.Address, Suffrage: p.Suffrage, Leader: p.Leader, Self: p.Self}

@@ -2304,9 +2304,13 @@ func (x *GetCRLResponse) GetDer() []byte {
 	return nil
 }
 
-// ClusterStatusRequest is empty.
+// ClusterStatusRequest says what to include in the answer.
 type ClusterStatusRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// state_hash asks for the hash of the answering node's replicated state (state_hash and
+	// state_applied_index in the answer). Hashing walks every record, so it is asked for, not
+	// computed on every call.
+	StateHash     bool `protobuf:"varint,1,opt,name=state_hash,json=stateHash,proto3" json:"state_hash,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -2339,6 +2343,13 @@ func (x *ClusterStatusRequest) ProtoReflect() protoreflect.Message {
 // Deprecated: Use ClusterStatusRequest.ProtoReflect.Descriptor instead.
 func (*ClusterStatusRequest) Descriptor() ([]byte, []int) {
 	return file_meshca_v1_admin_proto_rawDescGZIP(), []int{41}
+}
+
+func (x *ClusterStatusRequest) GetStateHash() bool {
+	if x != nil {
+		return x.StateHash
+	}
+	return false
 }
 
 // ClusterPeer is one server of the Raft configuration.
@@ -2453,8 +2464,14 @@ type ClusterStatusResponse struct {
 	Peers         []*ClusterPeer `protobuf:"bytes,9,rep,name=peers,proto3" json:"peers,omitempty"`
 	// last_event_index is the index of the newest audit event on this node.
 	LastEventIndex uint64 `protobuf:"varint,10,opt,name=last_event_index,json=lastEventIndex,proto3" json:"last_event_index,omitempty"`
-	unknownFields  protoimpl.UnknownFields
-	sizeCache      protoimpl.SizeCache
+	// state_hash, when the request asked for it, is the SHA-256 of the answering node's
+	// replicated state (every record in table and key order, the body of a snapshot). Nodes
+	// that applied the same log up to state_applied_index answer the same hash.
+	StateHash []byte `protobuf:"bytes,11,opt,name=state_hash,json=stateHash,proto3" json:"state_hash,omitempty"`
+	// state_applied_index is the log index of the state state_hash was computed from.
+	StateAppliedIndex uint64 `protobuf:"varint,12,opt,name=state_applied_index,json=stateAppliedIndex,proto3" json:"state_applied_index,omitempty"`
+	unknownFields     protoimpl.UnknownFields
+	sizeCache         protoimpl.SizeCache
 }
 
 func (x *ClusterStatusResponse) Reset() {
@@ -2553,6 +2570,20 @@ func (x *ClusterStatusResponse) GetPeers() []*ClusterPeer {
 func (x *ClusterStatusResponse) GetLastEventIndex() uint64 {
 	if x != nil {
 		return x.LastEventIndex
+	}
+	return 0
+}
+
+func (x *ClusterStatusResponse) GetStateHash() []byte {
+	if x != nil {
+		return x.StateHash
+	}
+	return nil
+}
+
+func (x *ClusterStatusResponse) GetStateAppliedIndex() uint64 {
+	if x != nil {
+		return x.StateAppliedIndex
 	}
 	return 0
 }
@@ -3113,8 +3144,10 @@ const file_meshca_v1_admin_proto_rawDesc = "" +
 	"\aupdated\x18\b \x01(\x03R\aupdated\"\x0f\n" +
 	"\rGetCRLRequest\"\"\n" +
 	"\x0eGetCRLResponse\x12\x10\n" +
-	"\x03der\x18\x01 \x01(\fR\x03der\"\x16\n" +
-	"\x14ClusterStatusRequest\"\xc6\x01\n" +
+	"\x03der\x18\x01 \x01(\fR\x03der\"5\n" +
+	"\x14ClusterStatusRequest\x12\x1d\n" +
+	"\n" +
+	"state_hash\x18\x01 \x01(\bR\tstateHash\"\xc6\x01\n" +
 	"\vClusterPeer\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x18\n" +
 	"\aaddress\x18\x02 \x01(\tR\aaddress\x12\x1a\n" +
@@ -3122,7 +3155,7 @@ const file_meshca_v1_admin_proto_rawDesc = "" +
 	"\x06leader\x18\x04 \x01(\bR\x06leader\x12\x12\n" +
 	"\x04self\x18\x05 \x01(\bR\x04self\x12+\n" +
 	"\x11replication_known\x18\x06 \x01(\bR\x10replicationKnown\x12\x18\n" +
-	"\ahealthy\x18\a \x01(\bR\ahealthy\"\xdd\x02\n" +
+	"\ahealthy\x18\a \x01(\bR\ahealthy\"\xac\x03\n" +
 	"\x15ClusterStatusResponse\x12\x17\n" +
 	"\anode_id\x18\x01 \x01(\tR\x06nodeId\x12\x14\n" +
 	"\x05state\x18\x02 \x01(\tR\x05state\x12\x1b\n" +
@@ -3135,7 +3168,10 @@ const file_meshca_v1_admin_proto_rawDesc = "" +
 	"\rapplied_index\x18\b \x01(\x04R\fappliedIndex\x12,\n" +
 	"\x05peers\x18\t \x03(\v2\x16.meshca.v1.ClusterPeerR\x05peers\x12(\n" +
 	"\x10last_event_index\x18\n" +
-	" \x01(\x04R\x0elastEventIndex\";\n" +
+	" \x01(\x04R\x0elastEventIndex\x12\x1d\n" +
+	"\n" +
+	"state_hash\x18\v \x01(\fR\tstateHash\x12.\n" +
+	"\x13state_applied_index\x18\f \x01(\x04R\x11stateAppliedIndex\";\n" +
 	"\x0fJoinNodeRequest\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x18\n" +
 	"\aaddress\x18\x02 \x01(\tR\aaddress\"\x12\n" +
