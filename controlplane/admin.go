@@ -145,7 +145,7 @@ func (a *Admin) Register(s grpc.ServiceRegistrar) { meshcav1.RegisterAdminServer
 
 // adminFlow wires the admin API into a server: system admins from the config, the server's
 // authentication, clock, CA and timed Apply, the Raft node, and a TokenIssuer when the server
-// has one.
+// has one. Its WatchEvents streams end when the server stops.
 func adminFlow(s *Server) error {
 	cfg := AdminConfig{
 		TrustDomain: s.TrustDomain(), SystemAdmins: s.SystemAdmins(), Auth: s, Store: s.Store(),
@@ -159,6 +159,8 @@ func adminFlow(s *Server) error {
 		return err
 	}
 	a.Register(s.GRPCServer())
+	// Watch streams never end by themselves; a stopping server ends them before it drains.
+	s.OnStop(a.Close)
 	return nil
 }
 

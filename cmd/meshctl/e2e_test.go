@@ -14,7 +14,9 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
+	"sync"
 	"testing"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
@@ -275,6 +277,52 @@ func TestMeshctlAgainstACluster(t *testing.T) {
 		t.Fatalf("leader after transfer-leader %s: %s", to.ID, now.ID)
 	}
 	oneErrorLine(t, e.run(admin, "cluster", "remove", "n9"), exitError, `meshctl: cluster remove: NotFound: id: `)
+
+	// A watch holds its stream until the node stops: a graceful stop ends it at once with
+	// UNAVAILABLE (not after the drain's grace period, when the transport would be cut).
+	watched := c.Followers()[0]
+	watch := exec.Command(e.bin, "events", "watch", "-o", "json")
+	watch.Env = append([]string{"HOME=" + e.dir}, envAt(watched.GRPCAddr, adminCert, adminKey)...)
+	var watchOut, watchErr syncBuffer
+	watch.Stdout, watch.Stderr = &watchOut, &watchErr
+	if err := watch.Start(); err != nil {
+		t.Fatal(err)
+	}
+	// Once an event made after the watch started arrives, the stream is open.
+	made := 0
+	c.Poll("the watch to receive a new event", func() error {
+		made++
+		e.ok(admin, "domain", "add", "weather-"+strconv.Itoa(made))
+		if !strings.Contains(watchOut.String(), "domain/weather-") {
+			return errors.New("no event yet")
+		}
+		return nil
+	})
+	c.Stop(watched)
+	err = watch.Wait()
+	var exit *exec.ExitError
+	if !errors.As(err, &exit) || exit.ExitCode() != exitError ||
+		!strings.HasPrefix(watchErr.String(), "meshctl: events watch: Unavailable: server: stopping") {
+		t.Fatalf("watch ended with %v, stderr %q", err, watchErr.String())
+	}
+}
+
+// syncBuffer is a bytes.Buffer a process writes to while the test reads it.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
 }
 
 // pemCSR makes a PEM CSR for a fresh key naming cn.
