@@ -87,7 +87,7 @@ func (c *fakeClock) deadlines() []time.Time {
 
 // waitForTimerAfter waits until a timer is pending at least min from now (an identity loop
 // waiting for its next refresh, not a short backoff) and returns its time.
-func (c *fakeClock) waitForTimerAfter(t *testing.T, min time.Duration) time.Time {
+func (c *fakeClock) waitForTimerAfter(t testing.TB, min time.Duration) time.Time {
 	t.Helper()
 	var at time.Time
 	poll(t, "a timer at least "+min.String()+" ahead", func() bool {

@@ -41,7 +41,7 @@ import (
 // of DESIGN.md §4 kept in memory, and the sds package's server streaming bundles over mTLS.
 // It stands in for a cluster until tests run against internal/clustertest.
 type testCluster struct {
-	t         *testing.T
+	t         testing.TB
 	td        spiffeid.TrustDomain
 	now       func() time.Time
 	authority *ca.Authority
@@ -92,7 +92,7 @@ const (
 	clusterTTL         = time.Hour
 )
 
-func newTestCluster(t *testing.T, now func() time.Time, nodes int) *testCluster {
+func newTestCluster(t testing.TB, now func() time.Time, nodes int) *testCluster {
 	t.Helper()
 	td := spiffeid.RequireTrustDomainFromString("mesh.example")
 	rootKey, err := signer.GenerateSoftware(signer.ECDSAP256)

@@ -35,7 +35,7 @@ var idAPI = spiffeid.RequireFromString("spiffe://mesh.example/ns/sports/sa/api")
 
 // shortDir is a temporary directory with a short path: Unix socket paths are limited to about
 // 100 bytes, which t.TempDir() under a long test name can exceed.
-func shortDir(t *testing.T) string {
+func shortDir(t testing.TB) string {
 	t.Helper()
 	d, err := os.MkdirTemp("", "mca")
 	if err != nil {
@@ -65,7 +65,7 @@ func (b *lockedBuffer) String() string {
 
 // testConfig is an agent config for one identity, sports.api instance pod-1, attested with the
 // test provider's document from a file, mapped by the test process's uid on the shared sockets.
-func testConfig(t *testing.T, c *testCluster, dir string) *Config {
+func testConfig(t testing.TB, c *testCluster, dir string) *Config {
 	t.Helper()
 	write(t, filepath.Join(dir, "bundle.pem"), c.bundlePEM(), 0o644)
 	write(t, filepath.Join(dir, "doc"), []byte("doc:pod-1\n"), 0o600)
@@ -91,7 +91,7 @@ func testConfig(t *testing.T, c *testCluster, dir string) *Config {
 	return cfg
 }
 
-func write(t *testing.T, path string, data []byte, mode os.FileMode) {
+func write(t testing.TB, path string, data []byte, mode os.FileMode) {
 	t.Helper()
 	if err := os.WriteFile(path, data, mode); err != nil {
 		t.Fatal(err)
@@ -100,7 +100,7 @@ func write(t *testing.T, path string, data []byte, mode os.FileMode) {
 
 // runningAgent is an agent run by a test.
 type runningAgent struct {
-	t        *testing.T
+	t        testing.TB
 	agent    *Agent
 	cfg      *Config
 	logs     *lockedBuffer
@@ -110,7 +110,7 @@ type runningAgent struct {
 	stopOnce sync.Once
 }
 
-func startAgent(t *testing.T, cfg *Config, clock Clock) *runningAgent {
+func startAgent(t testing.TB, cfg *Config, clock Clock) *runningAgent {
 	t.Helper()
 	logs := &lockedBuffer{}
 	reg := prometheus.NewRegistry()
@@ -154,7 +154,7 @@ func (r *runningAgent) servedSerial(id spiffeid.ID) string {
 	return v.SVID.Certificates[0].SerialNumber.Text(16)
 }
 
-func dialUnix(t *testing.T, sock string) *grpc.ClientConn {
+func dialUnix(t testing.TB, sock string) *grpc.ClientConn {
 	t.Helper()
 	// Like Envoy, wait for the socket to be served instead of failing the first call: the
 	// agent starts listening in Run.
@@ -169,12 +169,12 @@ func dialUnix(t *testing.T, sock string) *grpc.ClientConn {
 
 // envoy is an Envoy-like state-of-the-world SDS client stream on the agent's socket.
 type envoy struct {
-	t     *testing.T
+	t     testing.TB
 	st    secretservice.SecretDiscoveryService_StreamSecretsClient
 	names []string
 }
 
-func openEnvoy(t *testing.T, sock string, names ...string) *envoy {
+func openEnvoy(t testing.TB, sock string, names ...string) *envoy {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 2*waitFor)
 	t.Cleanup(cancel)
@@ -246,7 +246,7 @@ func (e *envoy) recvUntil(what string, cond func(map[string]*tlsv3.Secret) bool)
 
 // certOf checks that a TlsCertificate secret's key matches its certificate and returns the
 // parsed chain.
-func certOf(t *testing.T, s *tlsv3.Secret) []*x509.Certificate {
+func certOf(t testing.TB, s *tlsv3.Secret) []*x509.Certificate {
 	t.Helper()
 	tc := s.GetTlsCertificate()
 	if tc == nil {
@@ -267,12 +267,12 @@ func certOf(t *testing.T, s *tlsv3.Secret) []*x509.Certificate {
 	return chain
 }
 
-func serialOf(t *testing.T, s *tlsv3.Secret) string {
+func serialOf(t testing.TB, s *tlsv3.Secret) string {
 	return certOf(t, s)[0].SerialNumber.Text(16)
 }
 
 // rootsOf parses a validation context secret's trusted CAs.
-func rootsOf(t *testing.T, s *tlsv3.Secret) []*x509.Certificate {
+func rootsOf(t testing.TB, s *tlsv3.Secret) []*x509.Certificate {
 	t.Helper()
 	vc := s.GetValidationContext()
 	if vc == nil {
@@ -299,7 +299,7 @@ func verifyChain(chain, roots []*x509.Certificate, now time.Time) error {
 }
 
 // adminGet does GET path on the admin socket.
-func adminGet(t *testing.T, sock, path string) (int, []byte) {
+func adminGet(t testing.TB, sock, path string) (int, []byte) {
 	t.Helper()
 	client := &http.Client{Transport: &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
 		var d net.Dialer
@@ -318,7 +318,7 @@ func adminGet(t *testing.T, sock, path string) (int, []byte) {
 	return resp.StatusCode, body
 }
 
-func inventory(t *testing.T, sock string) sds.Inventory {
+func inventory(t testing.TB, sock string) sds.Inventory {
 	t.Helper()
 	code, body := adminGet(t, sock, SecretsPath)
 	if code != http.StatusOK {
