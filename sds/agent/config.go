@@ -171,6 +171,10 @@ func (d *Duration) UnmarshalYAML(n *yaml.Node) error {
 	return nil
 }
 
+// MarshalYAML writes the duration as a Go duration string, so a Config written with
+// yaml.Marshal (by a tool that generates agent configs) decodes to the same values.
+func (d Duration) MarshalYAML() (any, error) { return d.d.String(), nil }
+
 // D returns the value as a time.Duration.
 func (d Duration) D() time.Duration { return d.d }
 

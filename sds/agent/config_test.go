@@ -1,12 +1,15 @@
 package agent
 
 import (
+	"bytes"
 	"errors"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 	"time"
+
+	"go.yaml.in/yaml/v3"
 )
 
 const validConfig = `
@@ -175,6 +178,42 @@ func TestZeroJitterIsAllowedAndNoIdentityIsNot(t *testing.T) {
 	_, err = DecodeConfig(strings.NewReader(head + "identities: []\n"))
 	if !errors.Is(err, ErrConfig) || !strings.Contains(err.Error(), "identities: at least one") {
 		t.Fatalf("no identities: %v", err)
+	}
+}
+
+func TestAConfigWrittenAsYAMLDecodesToTheSameValues(t *testing.T) {
+	c, err := DecodeConfig(strings.NewReader(validConfig))
+	if err != nil {
+		t.Fatal(err)
+	}
+	out, err := yaml.Marshal(c)
+	if err != nil {
+		t.Fatal(err)
+	}
+	back, err := DecodeConfig(bytes.NewReader(out))
+	if err != nil {
+		t.Fatalf("%v\n%s", err, out)
+	}
+	again, err := yaml.Marshal(back)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(out, again) {
+		t.Fatalf("round trip changed the config:\n%s\nbecame\n%s", out, again)
+	}
+	if back.TTL.D() != time.Hour || back.Refresh.BackoffMax.D() != time.Minute || *back.Refresh.Jitter != 0.05 {
+		t.Fatalf("values changed: ttl %s backoff_max %s jitter %v", back.TTL.D(), back.Refresh.BackoffMax.D(), *back.Refresh.Jitter)
+	}
+}
+
+// The documented example config is a valid config.
+func TestTheExampleConfigLoads(t *testing.T) {
+	c, err := LoadConfig(filepath.Join("..", "..", "examples", "meshca-agent.yaml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(c.Identities) != 3 || c.Identities[1].Name != "web" || c.Identities[2].Name != "sys.auth.batch" {
+		t.Fatalf("identities %+v", c.Identities)
 	}
 }
 

@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto"
 	"crypto/x509"
+	"encoding/json"
 	"errors"
 	"io"
 	"log"
@@ -11,8 +12,10 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -21,6 +24,7 @@ import (
 	"github.com/spiffe/go-spiffe/v2/spiffetls/tlsconfig"
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
 	"github.com/spiffe/go-spiffe/v2/workloadapi"
+	"go.yaml.in/yaml/v3"
 
 	"github.com/meshca/meshca/controlplane"
 	"github.com/meshca/meshca/controlplane/confirm"
@@ -99,7 +103,7 @@ func startRealCluster(t *testing.T) *clustertest.Cluster {
 
 // realConfig is an agent for three identities of the e2e provider: sports.api mapped by the
 // test's uid on the shared sockets, and demo.server and demo.client on sockets of their own.
-func realConfig(t *testing.T, c *clustertest.Cluster, dir string) *Config {
+func realConfig(t *testing.T, c *clustertest.Cluster, dir, instance string) *Config {
 	t.Helper()
 	bundle, err := c.Bundle().Marshal()
 	if err != nil {
@@ -118,11 +122,11 @@ func realConfig(t *testing.T, c *clustertest.Cluster, dir string) *Config {
 			Attestation: AttestationConfig{Provider: e2eProvider, IdentityDocument: &DocumentConfig{File: doc}},
 		}
 	}
-	api := identity("sports", "api", "pod-1.e2e")
+	api := identity("sports", "api", "pod-"+instance)
 	api.UIDs = []uint32{uint32(os.Getuid())}
-	server := identity("demo", "server", "server-1.e2e")
+	server := identity("demo", "server", "server-"+instance)
 	server.Socket = filepath.Join(dir, "server.sock")
-	client := identity("demo", "client", "client-1.e2e")
+	client := identity("demo", "client", "client-"+instance)
 	client.Socket = filepath.Join(dir, "client.sock")
 	cfg := &Config{
 		TrustDomain:       c.TrustDomain().Name(),
@@ -166,7 +170,7 @@ func TestAgentOnARealThreeNodeCluster(t *testing.T) {
 	}
 	c := startRealCluster(t)
 	dir := shortDir(t)
-	cfg := realConfig(t, c, dir)
+	cfg := realConfig(t, c, dir, "1.e2e")
 	apiID := spiffeid.RequireFromString("spiffe://" + c.TrustDomain().Name() + "/ns/sports/sa/api")
 	a := startAgent(t, cfg, nil)
 
@@ -220,6 +224,9 @@ func TestAgentOnARealThreeNodeCluster(t *testing.T) {
 	})
 	t.Run("the demo completes 1,000 mTLS requests across three rotations without a failed handshake", func(t *testing.T) {
 		runDemo(t, cfg, c.TrustDomain())
+	})
+	t.Run("the binaries: meshca-agent, demo-server and demo-client as processes", func(t *testing.T) {
+		runBinaries(t, c)
 	})
 
 	// Restart the agent from its state dir (in the test itself, so it outlives the subtests).
@@ -342,4 +349,148 @@ func runDemo(t *testing.T, cfg *Config, td spiffeid.TrustDomain) {
 	if strings.Count(logs.String(), "demo: rotation") < 6 {
 		t.Fatalf("the rotations are not logged:\n%s", logs)
 	}
+}
+
+// goBuild builds a main package of this module without cgo into dir.
+func goBuild(t *testing.T, dir, pkg string) string {
+	t.Helper()
+	out := filepath.Join(dir, filepath.Base(pkg))
+	cmd := exec.Command("go", "build", "-o", out, "github.com/meshca/meshca/"+pkg)
+	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
+	if b, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("go build %s: %v\n%s", pkg, err, b)
+	}
+	return out
+}
+
+// process is a started binary whose output is collected.
+type process struct {
+	cmd  *exec.Cmd
+	out  *lockedBuffer
+	done chan error
+}
+
+func startProcess(t *testing.T, bin string, args ...string) *process {
+	t.Helper()
+	p := &process{cmd: exec.Command(bin, args...), out: &lockedBuffer{}, done: make(chan error, 1)}
+	p.cmd.Stdout, p.cmd.Stderr = p.out, p.out
+	if err := p.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	go func() { p.done <- p.cmd.Wait() }()
+	t.Cleanup(func() {
+		_ = p.cmd.Process.Kill()
+		<-p.done
+		if t.Failed() {
+			t.Logf("%s output:\n%s", filepath.Base(bin), p.out)
+		}
+	})
+	return p
+}
+
+// stop sends SIGTERM and waits for the exit, within a bound; it returns the exit error.
+func (p *process) stop(t *testing.T) error {
+	t.Helper()
+	if err := p.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case err := <-p.done:
+		p.done <- err // for the cleanup
+		return err
+	case <-time.After(clustertest.WaitTimeout):
+		t.Fatalf("%s did not stop on SIGTERM", p.cmd.Path)
+		return nil
+	}
+}
+
+func freeAddr(t *testing.T) string {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().String()
+}
+
+// demoStats reads a demo workload's /stats.
+func demoStats(addr string) (demo.Stats, error) {
+	var st demo.Stats
+	resp, err := http.Get("http://" + addr + "/stats")
+	if err != nil {
+		return st, err
+	}
+	defer resp.Body.Close()
+	err = json.NewDecoder(resp.Body).Decode(&st)
+	return st, err
+}
+
+// runBinaries runs the built meshca-agent with a YAML config against the cluster, and the demo
+// workloads as processes on its identity sockets, until the client made 300 requests across two
+// rotations; then SIGTERM stops each with exit status 0 and the agent removes its sockets.
+func runBinaries(t *testing.T, c *clustertest.Cluster) {
+	bin := t.TempDir()
+	agentBin := clustertest.Binary(t, "meshca-agent")
+	serverBin := goBuild(t, bin, "examples/demo-server")
+	clientBin := goBuild(t, bin, "examples/demo-client")
+
+	dir := shortDir(t)
+	cfg := realConfig(t, c, dir, "2.e2e")
+	raw, err := yaml.Marshal(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	write(t, filepath.Join(dir, "agent.yaml"), raw, 0o600)
+	agentProc := startProcess(t, agentBin, "-config", filepath.Join(dir, "agent.yaml"), "-log-level", "debug")
+	poll(t, "the agent ready on its admin socket", func() bool {
+		if _, err := os.Stat(cfg.AdminSocket); err != nil {
+			return false
+		}
+		code, _ := adminGet(t, cfg.AdminSocket, ReadyPath)
+		return code == http.StatusOK
+	})
+
+	td := c.TrustDomain().Name()
+	listen, serverStats, clientStats := freeAddr(t), freeAddr(t), freeAddr(t)
+	serverProc := startProcess(t, serverBin, "-listen", listen, "-source", "sds", "-sds-socket", cfg.Identities[1].Socket,
+		"-peer-id", "spiffe://"+td+"/ns/demo/sa/client", "-stats", serverStats)
+	// The server listens before it serves /stats.
+	poll(t, "demo-server listening", func() bool { _, err := demoStats(serverStats); return err == nil })
+	clientProc := startProcess(t, clientBin, "-url", "https://"+listen+"/hello", "-server-id", "spiffe://"+td+"/ns/demo/sa/server",
+		"-interval", "10ms", "-source", "workload-api", "-workload-api", "unix://"+cfg.Identities[2].Socket, "-stats", clientStats)
+	var cs, ss demo.Stats
+	poll(t, "300 requests across two rotations", func() bool {
+		var err1, err2 error
+		cs, err1 = demoStats(clientStats)
+		ss, err2 = demoStats(serverStats)
+		return err1 == nil && err2 == nil && cs.Requests >= 300 && cs.Rotations >= 2 && ss.Rotations >= 2 ||
+			cs.HandshakeFailures > 0 || ss.HandshakeFailures > 0
+	})
+	if err := clientProc.stop(t); err != nil {
+		t.Errorf("demo-client exit: %v", err)
+	}
+	if err := serverProc.stop(t); err != nil {
+		t.Errorf("demo-server exit: %v", err)
+	}
+	if cs.HandshakeFailures != 0 || ss.HandshakeFailures != 0 || cs.Failures != 0 {
+		t.Fatalf("client %+v server %+v", cs, ss)
+	}
+	if !strings.Contains(clientProc.out.String(), "demo: rotation") || !strings.Contains(serverProc.out.String(), "demo: rotation") {
+		t.Error("the demo processes do not log their rotations")
+	}
+	if err := agentProc.stop(t); err != nil {
+		t.Fatalf("meshca-agent exit after SIGTERM: %v", err)
+	}
+	for _, sock := range []string{cfg.SDSSocket, cfg.WorkloadAPISocket, cfg.AdminSocket, cfg.Identities[1].Socket} {
+		if _, err := os.Stat(sock); !os.IsNotExist(err) {
+			t.Errorf("socket %s left behind: %v", sock, err)
+		}
+	}
+	for _, f := range []string{sds.CertFile, sds.KeyFile, sds.BundleFile} {
+		if _, err := os.Stat(filepath.Join(cfg.FilesDir, "demo.server", f)); err != nil {
+			t.Errorf("files_dir: %v", err)
+		}
+	}
+	assertMode(t, filepath.Join(cfg.FilesDir, "demo.server", sds.KeyFile), 0o600)
 }

@@ -170,6 +170,39 @@ func TestARegisterTokenIsPresentedOnlyOnce(t *testing.T) {
 	})
 }
 
+func TestARevokedInstanceWithASpentRegisterTokenStaysEmpty(t *testing.T) {
+	clock := newFakeClock(testStart())
+	cluster := newTestCluster(t, clock.Now, 1)
+	dir := shortDir(t)
+	cfg := testConfig(t, cluster, dir)
+	tokenFile := filepath.Join(dir, "token")
+	write(t, tokenFile, []byte(cluster.issueRegisterToken("pod-1")), 0o600)
+	cfg.Identities[0].ProviderDNSSuffix = builtinSuffix
+	cfg.Identities[0].Attestation = AttestationConfig{RegisterTokenFile: tokenFile}
+	cfg.SetDefaults()
+	a := startAgent(t, cfg, clock)
+	poll(t, "a registration", func() bool { return a.servedSerial(idAPI) != "" })
+
+	cluster.revoke(BuiltinProvider, "sports", "api", "pod-1")
+	at := clock.waitForTimerAfter(t, time.Minute)
+	clock.Advance(at.Sub(clock.Now()))
+	poll(t, "the stale certificate withdrawn", func() bool { return a.servedSerial(idAPI) == "" })
+	// The retry after the refusal finds the token spent.
+	clock.waitForTimerAfter(t, time.Second)
+	clock.Advance(cfg.Refresh.BackoffInitial.D())
+	poll(t, "the spent token noticed", logged(a, "register token already used"))
+	for range 3 {
+		clock.Advance(cfg.Refresh.BackoffMax.D())
+		clock.waitForTimerAfter(t, time.Second)
+	}
+	if n := len(cluster.callsOf("Register")); n != 1 {
+		t.Fatalf("%d registrations: the spent token was presented again", n)
+	}
+	if n := len(a.agent.Inventory().Identities); n != 0 {
+		t.Fatalf("the agent serves %d identities after the revocation", n)
+	}
+}
+
 func TestAServiceKeyTokenRegisters(t *testing.T) {
 	clock := newFakeClock(testStart())
 	cluster := newTestCluster(t, clock.Now, 1)

@@ -69,6 +69,19 @@ func TestAnUnmappedUIDGetsNothingAndAnIdentitySocketServesItsIdentity(t *testing
 	})
 }
 
+func TestACallerIsMappedByItsGroup(t *testing.T) {
+	clock := newFakeClock(testStart())
+	cluster := newTestCluster(t, clock.Now, 1)
+	cfg := testConfig(t, cluster, shortDir(t))
+	cfg.Identities[0].UIDs = nil
+	cfg.Identities[0].GIDs = []uint32{uint32(os.Getgid())}
+	a := startAgent(t, cfg, clock)
+	e := openEnvoy(t, cfg.SDSSocket, sds.NameDefault)
+	if got := serialOf(t, e.recv()[sds.NameDefault]); got != a.servedSerial(idAPI) {
+		t.Fatalf("served %s, want %s", got, a.servedSerial(idAPI))
+	}
+}
+
 func TestAGoSPIFFEX509SourceSeesTheRotation(t *testing.T) {
 	clock := newFakeClock(testStart())
 	cluster := newTestCluster(t, clock.Now, 1)
