@@ -132,7 +132,8 @@ type ProviderConfig struct {
 	Name string `yaml:"name"`
 	// DNSSuffix is unique across providers; workload DNS SANs end with it.
 	DNSSuffix string `yaml:"dns_suffix"`
-	// ConfirmEndpoint is the provider's HTTPS confirm URL (mutual TLS).
+	// ConfirmEndpoint is the provider's HTTPS confirm URL (mutual TLS); empty for the
+	// built-in provider sys.auth.meshca, which the CA is itself.
 	ConfirmEndpoint string `yaml:"confirm_endpoint"`
 	// ConfirmRefresh asks the provider to confirm refreshes too.
 	ConfirmRefresh bool `yaml:"confirm_refresh"`
@@ -403,7 +404,11 @@ func (c *Config) Validate() error {
 			return bad(field+".dns_suffix", "%q is used by another provider; suffixes are unique", p.DNSSuffix)
 		}
 		seenSuffix[p.DNSSuffix] = true
-		if !strings.HasPrefix(p.ConfirmEndpoint, "https://") {
+		if p.Name == BuiltinProvider {
+			if p.ConfirmEndpoint != "" {
+				return bad(field+".confirm_endpoint", "%q: %s is confirmed by the CA itself; leave it empty", p.ConfirmEndpoint, BuiltinProvider)
+			}
+		} else if !strings.HasPrefix(p.ConfirmEndpoint, "https://") {
 			return bad(field+".confirm_endpoint", "%q must be an https:// URL", p.ConfirmEndpoint)
 		}
 	}
