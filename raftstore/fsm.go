@@ -69,14 +69,19 @@ func (c FSMConfig) Validate() error {
 // proposer puts time, serials and ids in the command. Any input, even garbage, is answered with
 // a result, never a panic.
 //
-// The state is a persistent (copy-on-write) structure: Snapshot captures it in O(1) and Persist
-// streams it while Apply goes on; readers get consistent, lock-free views with State.
+// The writer changes a working state in place and publishes a frozen copy of it after each
+// Apply or ApplyBatch, in O(1) (the copy shares the B-tree nodes; the writer copies a node the
+// first time it changes it after a publish). Snapshot captures the published state in O(1) and
+// Persist streams it while Apply goes on; readers get consistent, lock-free views with State.
 type FSM struct {
 	cfg    FSMConfig
 	logger *slog.Logger
 
 	// mu serializes the writers: Apply, ApplyBatch and Restore.
-	mu    sync.Mutex
+	mu sync.Mutex
+	// work is the writer's working state, guarded by mu and never handed out.
+	work *State
+	// state is the published, frozen state.
 	state atomic.Pointer[State]
 
 	watchMu sync.Mutex
@@ -95,7 +100,7 @@ func NewFSM(cfg FSMConfig) (*FSM, error) {
 		logger = slog.New(slog.DiscardHandler)
 	}
 	f := &FSM{cfg: cfg, logger: logger}
-	f.state.Store(emptyState())
+	f.reset(emptyState())
 	return f, nil
 }
 
@@ -117,7 +122,14 @@ func (f *FSM) Changed() <-chan struct{} {
 	return f.watch
 }
 
-// publish makes s the current state and wakes the watchers.
+// reset makes the frozen state s, not yet published, both the working state and the
+// current state. The caller holds mu or owns f alone.
+func (f *FSM) reset(s *State) {
+	f.work = s.thaw()
+	f.publish(s)
+}
+
+// publish makes the frozen state s the current state and wakes the watchers.
 func (f *FSM) publish(s *State) {
 	f.state.Store(s)
 	f.watchMu.Lock()
@@ -132,9 +144,8 @@ func (f *FSM) publish(s *State) {
 func (f *FSM) Apply(l *raft.Log) interface{} {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	s := f.state.Load().fork()
-	res := f.applyLog(s, l)
-	f.publish(s)
+	res := f.applyLog(f.work, l)
+	f.publish(f.work.freeze())
 	return res
 }
 
@@ -143,12 +154,11 @@ func (f *FSM) Apply(l *raft.Log) interface{} {
 func (f *FSM) ApplyBatch(logs []*raft.Log) []interface{} {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	s := f.state.Load().fork()
 	out := make([]interface{}, len(logs))
 	for i, l := range logs {
-		out[i] = f.applyLog(s, l)
+		out[i] = f.applyLog(f.work, l)
 	}
-	f.publish(s)
+	f.publish(f.work.freeze())
 	return out
 }
 
@@ -184,9 +194,9 @@ func (f *FSM) applyCommand(s *State, index uint64, data []byte) []byte {
 	return out
 }
 
-// execute runs a command against a fork of s and keeps the fork when the command commits:
-// a refused command changes nothing, except the refusals that must persist (SerialMismatch
-// revokes the instance).
+// execute runs a command against the working state s and keeps its changes when the command
+// commits: a refused command changes nothing (its journaled changes are undone), except the
+// refusals that must persist (SerialMismatch revokes the instance).
 func (f *FSM) execute(s *State, cmd *meshcav1.Command) (res *meshcav1.CommandResult) {
 	if v := cmd.GetVersion(); v != CommandVersion {
 		return refusal(meshcav1.ResultCode_RESULT_CODE_UNSUPPORTED_VERSION,
@@ -196,19 +206,27 @@ func (f *FSM) execute(s *State, cmd *meshcav1.Command) (res *meshcav1.CommandRes
 		return refusal(meshcav1.ResultCode_RESULT_CODE_INVALID_COMMAND,
 			"time: %d, must be a positive Unix time in nanoseconds set by the proposer", cmd.GetTime()).res
 	}
-	tx := &txn{State: s.fork(), cfg: &f.cfg, cmdID: cmd.GetId(), now: cmd.GetTime()}
+	tx := &txn{State: s, cfg: &f.cfg, cmdID: cmd.GetId(), now: cmd.GetTime()}
+	saved := s.stateVars
+	s.j.begin()
+	commit := false
 	defer func() {
-		// A panic here is a bug, and the same on every replica: answer it like a refusal,
-		// leave the state as it was, and say so in the log.
-		if p := recover(); p != nil {
+		p := recover()
+		if commit && p == nil {
+			s.j.commit()
+			return
+		}
+		s.j.rollback()
+		s.stateVars = saved
+		if p != nil {
+			// A bug, and the same on every replica: answer it like a refusal, leave the
+			// state as it was, and say so in the log.
 			f.logger.Error("raftstore: command made apply fail; state left unchanged", "command_id", cmd.GetId(), "panic", p)
 			res = refusal(meshcav1.ResultCode_RESULT_CODE_INVALID_COMMAND, "command: internal error applying it: %v", p).res
 		}
 	}()
 	o := dispatch(tx, cmd)
-	if o.commit {
-		*s = *tx.State
-	}
+	commit = o.commit
 	return o.res
 }
 
@@ -305,20 +323,19 @@ func unknownFields(m proto.Message) string {
 func (f *FSM) remember(s *State, id string, result []byte) {
 	seq := s.nextReceipt
 	s.nextReceipt++
-	s.receipts = s.receipts.Set(id, &meshcav1.CommandReceipt{Id: id, Sequence: seq, Result: result})
-	s.receiptOrder = s.receiptOrder.Set(seq, id)
+	s.receipts.Set(id, &meshcav1.CommandReceipt{Id: id, Sequence: seq, Result: result})
+	s.receiptOrder.Set(seq, id)
 	s.receiptBytes += len(result)
 	for s.receipts.Len() > f.cfg.ReceiptWindow || s.receiptBytes > f.cfg.ReceiptBytes && s.receipts.Len() > 1 {
-		it := s.receiptOrder.Iterator()
-		oldSeq, oldID, ok := it.Next()
+		oldSeq, oldID, ok := s.receiptOrder.first()
 		if !ok {
 			break
 		}
 		if old, ok := s.receipts.Get(oldID); ok {
 			s.receiptBytes -= len(old.GetResult())
 		}
-		s.receiptOrder = s.receiptOrder.Delete(oldSeq)
-		s.receipts = s.receipts.Delete(oldID)
+		s.receiptOrder.Delete(oldSeq)
+		s.receipts.Delete(oldID)
 	}
 }
 
@@ -398,7 +415,7 @@ func (f *FSM) Restore(rc io.ReadCloser) error {
 	}
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	f.publish(s)
+	f.reset(s)
 	return nil
 }
 

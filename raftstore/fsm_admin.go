@@ -48,7 +48,7 @@ func applyPutDomain(tx *txn, c *meshcav1.PutDomainCommand) outcome {
 	if exists {
 		rec.Created = old.GetCreated()
 	}
-	tx.domains = tx.domains.Set(rec.GetName(), rec)
+	tx.domains.Set(rec.GetName(), rec)
 	tx.event(meshcav1.EventKind_EVENT_KIND_CONFIG_CHANGED, "domain/"+rec.GetName(), "", "domain put")
 	return success(rec)
 }
@@ -62,7 +62,7 @@ func applyDeleteDomain(tx *txn, c *meshcav1.DeleteDomainCommand) outcome {
 		return refusal(codeFailedPrecondition, "delete_domain.name: domain %q still has %d services (first: %q); delete them first",
 			name, len(svcs), Identity(svcs[0].GetDomain(), svcs[0].GetName()))
 	}
-	tx.domains = tx.domains.Delete(name)
+	tx.domains.Delete(name)
 	tx.event(meshcav1.EventKind_EVENT_KIND_CONFIG_CHANGED, "domain/"+name, "", "domain deleted")
 	return success(nil)
 }
@@ -132,7 +132,7 @@ func applyPutService(tx *txn, c *meshcav1.PutServiceCommand) outcome {
 	if exists {
 		rec.Created = old.GetCreated()
 	}
-	tx.services = tx.services.Set(id, rec)
+	tx.services.Set(id, rec)
 	tx.event(meshcav1.EventKind_EVENT_KIND_CONFIG_CHANGED, "service/"+id, "", "service put")
 	return success(rec)
 }
@@ -153,7 +153,7 @@ func (tx *txn) lookupService(field, identity string) (*meshcav1.Service, *outcom
 func (tx *txn) putServiceChange(svc *meshcav1.Service, detail string) outcome {
 	svc.Updated = tx.now
 	id := Identity(svc.GetDomain(), svc.GetName())
-	tx.services = tx.services.Set(id, svc)
+	tx.services.Set(id, svc)
 	tx.event(meshcav1.EventKind_EVENT_KIND_CONFIG_CHANGED, "service/"+id, "", detail)
 	return success(svc)
 }
@@ -162,7 +162,7 @@ func applyDeleteService(tx *txn, c *meshcav1.DeleteServiceCommand) outcome {
 	if _, o := tx.lookupService("delete_service.identity", c.GetIdentity()); o != nil {
 		return *o
 	}
-	tx.services = tx.services.Delete(c.GetIdentity())
+	tx.services.Delete(c.GetIdentity())
 	tx.event(meshcav1.EventKind_EVENT_KIND_CONFIG_CHANGED, "service/"+c.GetIdentity(), "", "service deleted")
 	return success(nil)
 }
@@ -254,13 +254,17 @@ func applyPutProvider(tx *txn, c *meshcav1.PutProviderCommand) outcome {
 	if o := checkPutMode("put_provider.provider", c.GetMode(), exists, p.GetName()); o != nil {
 		return *o
 	}
-	it := tx.providers.Iterator()
-	for !it.Done() {
-		name, other, _ := it.Next()
+	var nested *meshcav1.Provider
+	tx.providers.scan(func(name string, other *meshcav1.Provider) bool {
 		if name != p.GetName() && dnsNamesNest(p.GetDnsSuffix(), other.GetDnsSuffix()) {
-			return refusal(codeAlreadyExists, "put_provider.provider.dns_suffix: %q equals or nests with provider %q's suffix %q; suffixes are unique across providers",
-				p.GetDnsSuffix(), name, other.GetDnsSuffix())
+			nested = other
+			return false
 		}
+		return true
+	})
+	if nested != nil {
+		return refusal(codeAlreadyExists, "put_provider.provider.dns_suffix: %q equals or nests with provider %q's suffix %q; suffixes are unique across providers",
+			p.GetDnsSuffix(), nested.GetName(), nested.GetDnsSuffix())
 	}
 	rec := &meshcav1.Provider{
 		Name: p.GetName(), DnsSuffix: p.GetDnsSuffix(), ConfirmEndpoint: p.GetConfirmEndpoint(),
@@ -269,7 +273,7 @@ func applyPutProvider(tx *txn, c *meshcav1.PutProviderCommand) outcome {
 	if exists {
 		rec.Created = old.GetCreated()
 	}
-	tx.providers = tx.providers.Set(rec.GetName(), rec)
+	tx.providers.Set(rec.GetName(), rec)
 	tx.event(meshcav1.EventKind_EVENT_KIND_CONFIG_CHANGED, "provider/"+rec.GetName(), "", "provider put")
 	return success(rec)
 }
@@ -278,7 +282,7 @@ func applyDeleteProvider(tx *txn, c *meshcav1.DeleteProviderCommand) outcome {
 	if _, ok := tx.providers.Get(c.GetName()); !ok {
 		return refusal(codeNotFound, "delete_provider.name: provider %q does not exist", c.GetName())
 	}
-	tx.providers = tx.providers.Delete(c.GetName())
+	tx.providers.Delete(c.GetName())
 	tx.event(meshcav1.EventKind_EVENT_KIND_CONFIG_CHANGED, "provider/"+c.GetName(), "", "provider deleted")
 	return success(nil)
 }
@@ -291,7 +295,7 @@ func applySetProviderEnabled(tx *txn, c *meshcav1.SetProviderEnabledCommand) out
 	p = clone(p)
 	p.Enabled = c.GetEnabled()
 	p.Updated = tx.now
-	tx.providers = tx.providers.Set(p.GetName(), p)
+	tx.providers.Set(p.GetName(), p)
 	detail := "provider disabled"
 	if p.GetEnabled() {
 		detail = "provider enabled"

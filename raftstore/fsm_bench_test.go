@@ -192,7 +192,7 @@ func BenchmarkSnapshotMillionInstances(b *testing.B) {
 		if err != nil {
 			b.Fatal(err)
 		}
-		src.publish(millionInstances(n, fxT0))
+		src.reset(millionInstances(n, fxT0))
 		want := src.StateHash()
 		path := filepath.Join(b.TempDir(), "snapshot")
 		file, err := os.Create(path)

@@ -199,7 +199,7 @@ func applyRetireCARoot(tx *txn, c *meshcav1.RetireCARootCommand) outcome {
 	ca.RetiredIssuers, ca.Updated = keep, tx.now
 	tx.ca = ca
 	for _, id := range dropped {
-		tx.issuerUses = tx.issuerUses.Delete(id)
+		tx.issuerUses.Delete(id)
 	}
 	tx.event(meshcav1.EventKind_EVENT_KIND_CA_ROOT_RETIRED, "ca", "", "root dropped from the bundle")
 	return success(ca)
@@ -228,7 +228,7 @@ func applyPutFederation(tx *txn, c *meshcav1.PutFederationCommand) outcome {
 		TrustDomain: f.GetTrustDomain(), Bundle: f.GetBundle(), Endpoint: f.GetEndpoint(),
 		EndpointSpiffeId: f.GetEndpointSpiffeId(), LastRefresh: tx.now, Sequence: f.GetSequence(),
 	}
-	tx.federations = tx.federations.Set(rec.GetTrustDomain(), rec)
+	tx.federations.Set(rec.GetTrustDomain(), rec)
 	changed := !exists || !bytes.Equal(old.GetBundle(), rec.GetBundle()) || old.GetSequence() != rec.GetSequence() ||
 		old.GetEndpoint() != rec.GetEndpoint() || old.GetEndpointSpiffeId() != rec.GetEndpointSpiffeId()
 	if changed {
@@ -241,7 +241,7 @@ func applyRemoveFederation(tx *txn, c *meshcav1.RemoveFederationCommand) outcome
 	if _, ok := tx.federations.Get(c.GetTrustDomain()); !ok {
 		return refusal(codeNotFound, "remove_federation.trust_domain: %q is not federated", c.GetTrustDomain())
 	}
-	tx.federations = tx.federations.Delete(c.GetTrustDomain())
+	tx.federations.Delete(c.GetTrustDomain())
 	tx.event(meshcav1.EventKind_EVENT_KIND_FEDERATION_REMOVED, c.GetTrustDomain(), "", "federation removed")
 	return success(nil)
 }

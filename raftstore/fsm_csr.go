@@ -58,7 +58,7 @@ func applySubmitCSR(tx *txn, c *meshcav1.SubmitCSRCommand) outcome {
 		Id: c.GetId(), Csr: c.GetCsr(), Spec: c.GetSpec(), State: meshcav1.CSRState_CSR_STATE_PENDING,
 		Submitter: c.GetSubmitter(), Submitted: tx.now,
 	}
-	tx.csrRequests = tx.csrRequests.Set(rec.GetId(), rec)
+	tx.csrRequests.Set(rec.GetId(), rec)
 	tx.event(meshcav1.EventKind_EVENT_KIND_CSR_SUBMITTED, rec.GetId(), "", "submitted by "+rec.GetSubmitter())
 	return success(rec)
 }
@@ -74,7 +74,7 @@ func applyApproveCSR(tx *txn, c *meshcav1.ApproveCSRCommand) outcome {
 	}
 	n := clone(r)
 	n.State, n.Approver, n.Decided = meshcav1.CSRState_CSR_STATE_APPROVED, c.GetApprover(), tx.now
-	tx.csrRequests = tx.csrRequests.Set(n.GetId(), n)
+	tx.csrRequests.Set(n.GetId(), n)
 	tx.event(meshcav1.EventKind_EVENT_KIND_CSR_APPROVED, n.GetId(), "", "approved by "+n.GetApprover())
 	return success(n)
 }
@@ -93,7 +93,7 @@ func applyDenyCSR(tx *txn, c *meshcav1.DenyCSRCommand) outcome {
 	}
 	n := clone(r)
 	n.State, n.Approver, n.Decided, n.DenyReason = meshcav1.CSRState_CSR_STATE_DENIED, c.GetApprover(), tx.now, c.GetReason()
-	tx.csrRequests = tx.csrRequests.Set(n.GetId(), n)
+	tx.csrRequests.Set(n.GetId(), n)
 	tx.event(meshcav1.EventKind_EVENT_KIND_CSR_DENIED, n.GetId(), "", "denied by "+n.GetApprover()+": "+n.GetDenyReason())
 	return success(n)
 }
@@ -123,7 +123,7 @@ func applyCSRIssued(tx *txn, c *meshcav1.RecordCSRIssuedCommand) outcome {
 	}
 	n := clone(r)
 	n.State, n.Cert, n.Serial, n.Issued = meshcav1.CSRState_CSR_STATE_ISSUED, c.GetCertDer(), cert.GetSerial(), tx.now
-	tx.csrRequests = tx.csrRequests.Set(n.GetId(), n)
+	tx.csrRequests.Set(n.GetId(), n)
 	tx.recordIssuance(cert)
 	tx.event(meshcav1.EventKind_EVENT_KIND_CSR_ISSUED, n.GetId(), cert.GetSerial(), "issued to "+cert.GetIdentity())
 	return success(n)

@@ -126,7 +126,7 @@ func applyRegister(tx *txn, c *meshcav1.RecordRegisterCommand) outcome {
 		inst.Created = existing.GetCreated()
 		detail = "registered again; serial " + existing.GetCurrentSerial() + " is no longer accepted for refresh"
 	}
-	tx.instances = tx.instances.Set(ref.slot(), inst)
+	tx.instances.Set(ref.slot(), inst)
 	tx.recordIssuance(cert)
 	if tok != nil {
 		tx.markTokenUsed(tok)
@@ -218,7 +218,7 @@ func applyRefresh(tx *txn, c *meshcav1.RecordRefreshCommand) outcome {
 	if c.GetHostname() != "" {
 		next.Hostname = c.GetHostname()
 	}
-	tx.instances = tx.instances.Set(ref.slot(), next)
+	tx.instances.Set(ref.slot(), next)
 	tx.recordIssuance(cert)
 	tx.event(meshcav1.EventKind_EVENT_KIND_REFRESHED, ref.key(), cert.GetSerial(), detail)
 	return success(next)
@@ -228,7 +228,7 @@ func applyRefresh(tx *txn, c *meshcav1.RecordRefreshCommand) outcome {
 func (tx *txn) revokeInstance(inst *meshcav1.Instance, ref instanceRef, reason meshcav1.RevocationReason, detail string) *meshcav1.Instance {
 	n := clone(inst)
 	n.Revoked, n.RevokeReason, n.RevokedTime, n.ExtendPending = true, detail, tx.now, false
-	tx.instances = tx.instances.Set(ref.slot(), n)
+	tx.instances.Set(ref.slot(), n)
 	changed := false
 	for _, serial := range []string{inst.GetCurrentSerial(), inst.GetPreviousSerial()} {
 		if _, added := tx.revokeSerial(serial, reason, detail, ref.key()); added {
@@ -267,7 +267,7 @@ func applyVerifyExtend(tx *txn, c *meshcav1.VerifyExtendCommand) outcome {
 	retired := inst.GetPreviousSerial()
 	next.PreviousSerial, next.PreviousIssued, next.PreviousClientAddr, next.PreviousRetried = "", 0, "", false
 	next.ExtendPending = false
-	tx.instances = tx.instances.Set(ref.slot(), next)
+	tx.instances.Set(ref.slot(), next)
 	tx.event(meshcav1.EventKind_EVENT_KIND_EXTEND_VERIFIED, ref.key(), c.GetSerial(), "previous serial "+retired+" retired")
 	return success(next)
 }
@@ -360,8 +360,8 @@ func applyIssueToken(tx *txn, c *meshcav1.IssueTokenCommand) outcome {
 		Jti: t.GetJti(), Domain: t.GetDomain(), Service: t.GetService(), InstanceId: t.GetInstanceId(),
 		IssuedBy: t.GetIssuedBy(), Issued: tx.now, Expires: t.GetExpires(),
 	}
-	tx.tokens = tx.tokens.Set(rec.GetJti(), rec)
-	tx.tokenExpiry = tx.tokenExpiry.Set(expiryKey(rec.GetExpires(), rec.GetJti()), struct{}{})
+	tx.tokens.Set(rec.GetJti(), rec)
+	tx.tokenExpiry.Set(expiryKey(rec.GetExpires(), rec.GetJti()), struct{}{})
 	tx.event(meshcav1.EventKind_EVENT_KIND_TOKEN_ISSUED, Identity(rec.GetDomain(), rec.GetService())+"/"+rec.GetInstanceId(), "", "register token issued by "+rec.GetIssuedBy())
 	return success(rec)
 }
@@ -390,7 +390,7 @@ func (tx *txn) checkToken(field, jti, domain, service, instanceID string) (*mesh
 func (tx *txn) markTokenUsed(t *meshcav1.Token) *meshcav1.Token {
 	n := clone(t)
 	n.Used, n.UsedTime = true, tx.now
-	tx.tokens = tx.tokens.Set(n.GetJti(), n)
+	tx.tokens.Set(n.GetJti(), n)
 	return n
 }
 
@@ -424,7 +424,7 @@ func applyUseNonce(tx *txn, c *meshcav1.UseNonceCommand) outcome {
 		return refusal(codeNonceReused, "%s.nonce: %q was already used for %q at %d; a replayed token is refused", field, c.GetNonce(), c.GetScope(), old.GetUsed())
 	}
 	rec := &meshcav1.Nonce{Scope: c.GetScope(), Nonce: c.GetNonce(), Expires: c.GetExpires(), Used: tx.now}
-	tx.nonces = tx.nonces.Set(key, rec)
-	tx.nonceExpiry = tx.nonceExpiry.Set(expiryKey(rec.GetExpires(), key), struct{}{})
+	tx.nonces.Set(key, rec)
+	tx.nonceExpiry.Set(expiryKey(rec.GetExpires(), key), struct{}{})
 	return success(rec)
 }

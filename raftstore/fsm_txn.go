@@ -39,20 +39,19 @@ const (
 func (tx *txn) event(kind meshcav1.EventKind, subject, serial, detail string) {
 	idx := tx.nextEvent
 	tx.nextEvent++
-	tx.events = tx.events.Set(idx, &meshcav1.Event{
+	tx.events.Set(idx, &meshcav1.Event{
 		Index: idx, Kind: kind, Subject: subject, Serial: serial, Time: tx.now, Detail: detail, CommandId: tx.cmdID,
 	})
 	for tx.events.Len() > tx.cfg.EventRetention {
-		it := tx.events.Iterator()
-		oldest, _, _ := it.Next()
-		tx.events = tx.events.Delete(oldest)
+		oldest, _, _ := tx.events.first()
+		tx.events.Delete(oldest)
 	}
 }
 
 // putCert stores a certificate record and indexes its expiry.
 func (tx *txn) putCert(c *meshcav1.Cert) {
-	tx.certs = tx.certs.Set(c.GetSerial(), c)
-	tx.certExpiry = tx.certExpiry.Set(expiryKey(c.GetNotAfter(), c.GetSerial()), struct{}{})
+	tx.certs.Set(c.GetSerial(), c)
+	tx.certExpiry.Set(expiryKey(c.GetNotAfter(), c.GetSerial()), struct{}{})
 }
 
 // recordIssuance stores a new certificate, the first use of its key (when new) and the
@@ -61,7 +60,7 @@ func (tx *txn) recordIssuance(c *meshcav1.Cert) {
 	tx.putCert(c)
 	spki := string(c.GetSpkiSha256())
 	if _, used := tx.keyUses.Get(spki); !used {
-		tx.keyUses = tx.keyUses.Set(spki, &meshcav1.KeyUse{
+		tx.keyUses.Set(spki, &meshcav1.KeyUse{
 			SpkiSha256: c.GetSpkiSha256(), Serial: c.GetSerial(), Instance: c.GetInstance(),
 			FirstUsed: tx.now, NotAfter: c.GetNotAfter(),
 		})
@@ -70,7 +69,7 @@ func (tx *txn) recordIssuance(c *meshcav1.Cert) {
 	// and the record changes once an hour instead of with every certificate.
 	bound := ceilHour(c.GetNotAfter())
 	if u, ok := tx.issuerUses.Get(c.GetIssuerId()); !ok || u.GetLastNotAfter() < bound {
-		tx.issuerUses = tx.issuerUses.Set(c.GetIssuerId(), &meshcav1.IssuerUse{IssuerId: c.GetIssuerId(), LastNotAfter: bound})
+		tx.issuerUses.Set(c.GetIssuerId(), &meshcav1.IssuerUse{IssuerId: c.GetIssuerId(), LastNotAfter: bound})
 	}
 }
 
@@ -91,7 +90,7 @@ func (tx *txn) revokeSerial(serial string, reason meshcav1.RevocationReason, det
 	r := &meshcav1.Revocation{
 		Serial: serial, Time: tx.now, Reason: reason, Detail: detail, NotAfter: cert.GetNotAfter(), Instance: instance,
 	}
-	tx.revocations = tx.revocations.Set(serial, r)
+	tx.revocations.Set(serial, r)
 	return r, true
 }
 

@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 
-	"github.com/benbjohnson/immutable"
 	"google.golang.org/protobuf/proto"
 
 	meshcav1 "github.com/meshca/meshca/api/meshca/v1"
@@ -15,54 +14,56 @@ import (
 // the NOT_FOUND result code.
 var ErrNotFound = errors.New("raftstore: not found")
 
-// table is a persistent (copy-on-write) map sorted by key: Set and Delete return a new map and
-// leave the old one intact, so a State is an immutable value that snapshots, hashes and readers
-// can use while Apply moves on.
-type table[K string | uint64, V any] = immutable.SortedMap[K, V]
-
-func newTable[K string | uint64, V any]() *table[K, V] {
-	return immutable.NewSortedMap[K, V](nil)
-}
-
 // State is an immutable view of the replicated state after one applied log index. Reads from it
 // are consistent with each other and need no lock. Every record it returns is a copy: changing
 // it changes nothing in the state.
+//
+// Inside the package a State is also the FSM's working state (its tables are working tables,
+// see table), which only the FSM's writer touches and which is never handed out.
 type State struct {
+	stateVars
+
+	domains     table[string, *meshcav1.Domain]
+	services    table[string, *meshcav1.Service]  // domain.service
+	providers   table[string, *meshcav1.Provider] // name
+	instances   table[string, *meshcav1.Instance] // instanceSlot: provider/instance-id
+	certs       table[string, *meshcav1.Cert]     // serial
+	keyUses     table[string, *meshcav1.KeyUse]   // string(spki_sha256)
+	revocations table[string, *meshcav1.Revocation]
+	issuerUses  table[string, *meshcav1.IssuerUse]
+	federations table[string, *meshcav1.Federation]
+	tokens      table[string, *meshcav1.Token]
+	nonces      table[string, *meshcav1.Nonce] // scope NUL nonce
+	csrRequests table[string, *meshcav1.CSRRequest]
+	events      table[uint64, *meshcav1.Event]
+	receipts    table[string, *meshcav1.CommandReceipt]
+
+	// Derived indexes, rebuilt on restore and not part of snapshots or the state hash.
+	receiptOrder table[uint64, string] // receipt sequence → command id
+	// certExpiry also prunes the key use a certificate first made and its revocation: both
+	// end with the certificate.
+	certExpiry  table[string, struct{}] // expiryKey(not_after, serial)
+	tokenExpiry table[string, struct{}] // expiryKey(expires, jti)
+	nonceExpiry table[string, struct{}] // expiryKey(expires, nonce key)
+
+	// j journals the working state's changes; nil in a frozen (published) state.
+	j *journal
+}
+
+// stateVars are the fields of a State outside its tables: a command that does not commit
+// restores them as they were.
+type stateVars struct {
 	appliedIndex uint64
 	// nextEvent is the index the next event gets; nextReceipt the sequence of the next receipt.
 	nextEvent, nextReceipt uint64
-
-	ca          *meshcav1.CA
-	domains     *table[string, *meshcav1.Domain]
-	services    *table[string, *meshcav1.Service]  // domain.service
-	providers   *table[string, *meshcav1.Provider] // name
-	instances   *table[string, *meshcav1.Instance] // instanceSlot: provider/instance-id
-	certs       *table[string, *meshcav1.Cert]     // serial
-	keyUses     *table[string, *meshcav1.KeyUse]   // string(spki_sha256)
-	revocations *table[string, *meshcav1.Revocation]
-	issuerUses  *table[string, *meshcav1.IssuerUse]
-	federations *table[string, *meshcav1.Federation]
-	tokens      *table[string, *meshcav1.Token]
-	nonces      *table[string, *meshcav1.Nonce] // scope NUL nonce
-	csrRequests *table[string, *meshcav1.CSRRequest]
-	events      *table[uint64, *meshcav1.Event]
-	receipts    *table[string, *meshcav1.CommandReceipt]
-
-	// Derived indexes, rebuilt on restore and not part of snapshots or the state hash.
-	receiptOrder *table[uint64, string] // receipt sequence → command id
-	receiptBytes int                    // total size of the remembered results
-	// certExpiry also prunes the key use a certificate first made and its revocation: both
-	// end with the certificate.
-	certExpiry  *table[string, struct{}] // expiryKey(not_after, serial)
-	tokenExpiry *table[string, struct{}] // expiryKey(expires, jti)
-	nonceExpiry *table[string, struct{}] // expiryKey(expires, nonce key)
+	receiptBytes           int // total size of the remembered results (derived)
+	ca                     *meshcav1.CA
 }
 
-// emptyState is the state of a new cluster.
+// emptyState is the state of a new cluster, frozen.
 func emptyState() *State {
 	return &State{
-		nextEvent:    1,
-		nextReceipt:  1,
+		stateVars:    stateVars{nextEvent: 1, nextReceipt: 1},
 		domains:      newTable[string, *meshcav1.Domain](),
 		services:     newTable[string, *meshcav1.Service](),
 		providers:    newTable[string, *meshcav1.Provider](),
@@ -84,19 +85,35 @@ func emptyState() *State {
 	}
 }
 
-// fork returns a shallow copy that a command may change without touching s: the tables are
-// persistent, so only the copy sees what the command sets.
-func (s *State) fork() *State {
-	c := &State{
-		appliedIndex: s.appliedIndex, nextEvent: s.nextEvent, nextReceipt: s.nextReceipt, ca: s.ca,
-		domains: s.domains, services: s.services, providers: s.providers, instances: s.instances,
-		certs: s.certs, keyUses: s.keyUses, revocations: s.revocations, issuerUses: s.issuerUses,
-		federations: s.federations, tokens: s.tokens, nonces: s.nonces, csrRequests: s.csrRequests,
-		events: s.events, receipts: s.receipts, receiptOrder: s.receiptOrder, receiptBytes: s.receiptBytes,
-		certExpiry:  s.certExpiry,
-		tokenExpiry: s.tokenExpiry, nonceExpiry: s.nonceExpiry,
+// freeze returns a frozen view of the working state s in O(1): it shares every node with s,
+// and s copies a node before it next changes it.
+func (s *State) freeze() *State {
+	return &State{
+		stateVars: s.stateVars,
+		domains:   s.domains.frozen(), services: s.services.frozen(), providers: s.providers.frozen(),
+		instances: s.instances.frozen(), certs: s.certs.frozen(), keyUses: s.keyUses.frozen(),
+		revocations: s.revocations.frozen(), issuerUses: s.issuerUses.frozen(),
+		federations: s.federations.frozen(), tokens: s.tokens.frozen(), nonces: s.nonces.frozen(),
+		csrRequests: s.csrRequests.frozen(), events: s.events.frozen(), receipts: s.receipts.frozen(),
+		receiptOrder: s.receiptOrder.frozen(), certExpiry: s.certExpiry.frozen(),
+		tokenExpiry: s.tokenExpiry.frozen(), nonceExpiry: s.nonceExpiry.frozen(),
 	}
-	return c
+}
+
+// thaw returns a working state holding what the frozen state s holds. It must be called
+// before s is published (see table.working).
+func (s *State) thaw() *State {
+	j := &journal{}
+	return &State{
+		stateVars: s.stateVars, j: j,
+		domains: s.domains.working(j), services: s.services.working(j), providers: s.providers.working(j),
+		instances: s.instances.working(j), certs: s.certs.working(j), keyUses: s.keyUses.working(j),
+		revocations: s.revocations.working(j), issuerUses: s.issuerUses.working(j),
+		federations: s.federations.working(j), tokens: s.tokens.working(j), nonces: s.nonces.working(j),
+		csrRequests: s.csrRequests.working(j), events: s.events.working(j), receipts: s.receipts.working(j),
+		receiptOrder: s.receiptOrder.working(j), certExpiry: s.certExpiry.working(j),
+		tokenExpiry: s.tokenExpiry.working(j), nonceExpiry: s.nonceExpiry.working(j),
+	}
 }
 
 // expiryKey orders records by a time, then by their key: the big-endian time with its sign bit
@@ -135,15 +152,13 @@ func get[K string | uint64, V proto.Message](t *table[K, V], what string, key K)
 // most limit of them (0: no limit).
 func list[K string | uint64, V proto.Message](t *table[K, V], start K, keep func(K, V) bool, limit int) []V {
 	var out []V
-	it := t.Iterator()
-	it.Seek(start)
-	for !it.Done() && (limit <= 0 || len(out) < limit) {
-		k, v, _ := it.Next()
-		if keep != nil && !keep(k, v) {
-			break
+	t.ascend(start, func(k K, v V) bool {
+		if limit > 0 && len(out) >= limit || keep != nil && !keep(k, v) {
+			return false
 		}
 		out = append(out, clone(v))
-	}
+		return true
+	})
 	return out
 }
 
@@ -160,24 +175,24 @@ func (s *State) CA() (*meshcav1.CA, error) {
 
 // Domain returns a domain by name.
 func (s *State) Domain(name string) (*meshcav1.Domain, error) {
-	return get(s.domains, "domain", name)
+	return get(&s.domains, "domain", name)
 }
 
 // Domains lists every domain, sorted by name.
-func (s *State) Domains() []*meshcav1.Domain { return list(s.domains, "", nil, 0) }
+func (s *State) Domains() []*meshcav1.Domain { return list(&s.domains, "", nil, 0) }
 
 // Service returns a service by identity "<domain>.<service>".
 func (s *State) Service(identity string) (*meshcav1.Service, error) {
-	return get(s.services, "service", identity)
+	return get(&s.services, "service", identity)
 }
 
 // Services lists the services of a domain (every service if domain is empty), sorted by identity.
 func (s *State) Services(domain string) []*meshcav1.Service {
 	if domain == "" {
-		return list(s.services, "", nil, 0)
+		return list(&s.services, "", nil, 0)
 	}
 	prefix := domain + "."
-	return filterList(s.services, prefix, func(k string, v *meshcav1.Service) (bool, bool) {
+	return filterList(&s.services, prefix, func(k string, v *meshcav1.Service) (bool, bool) {
 		return len(k) >= len(prefix) && k[:len(prefix)] == prefix, v.GetDomain() == domain
 	})
 }
@@ -185,28 +200,23 @@ func (s *State) Services(domain string) []*meshcav1.Service {
 // filterList copies records from start while inRange holds, keeping those take accepts.
 func filterList[V proto.Message](t *table[string, V], start string, f func(string, V) (inRange, take bool)) []V {
 	var out []V
-	it := t.Iterator()
-	it.Seek(start)
-	for !it.Done() {
-		k, v, _ := it.Next()
+	t.ascend(start, func(k string, v V) bool {
 		inRange, take := f(k, v)
-		if !inRange {
-			break
-		}
-		if take {
+		if inRange && take {
 			out = append(out, clone(v))
 		}
-	}
+		return inRange
+	})
 	return out
 }
 
 // Provider returns a provider by name.
 func (s *State) Provider(name string) (*meshcav1.Provider, error) {
-	return get(s.providers, "provider", name)
+	return get(&s.providers, "provider", name)
 }
 
 // Providers lists every provider, sorted by name.
-func (s *State) Providers() []*meshcav1.Provider { return list(s.providers, "", nil, 0) }
+func (s *State) Providers() []*meshcav1.Provider { return list(&s.providers, "", nil, 0) }
 
 // Instance returns the instance provider/domain.service/instance-id.
 func (s *State) Instance(provider, domain, service, instanceID string) (*meshcav1.Instance, error) {
@@ -220,31 +230,36 @@ func (s *State) Instance(provider, domain, service, instanceID string) (*meshcav
 // InstanceByID returns the instance a provider launched under an instance id, whatever its
 // identity (an instance id is unique in its provider's namespace).
 func (s *State) InstanceByID(provider, instanceID string) (*meshcav1.Instance, error) {
-	return get(s.instances, "instance", instanceSlot(provider, instanceID))
+	return get(&s.instances, "instance", instanceSlot(provider, instanceID))
 }
 
 // Instances lists up to limit instances (0: all) in the order of provider then instance id,
 // starting after the cursor (empty: from the first). It returns the cursor for the next page,
 // empty when there is none.
 func (s *State) Instances(cursor string, limit int) (page []*meshcav1.Instance, next string) {
-	it := s.instances.Iterator()
+	from := ""
 	if cursor != "" {
-		it.Seek(cursor + "\x00")
+		from = cursor + "\x00"
 	}
-	for !it.Done() {
-		k, v, _ := it.Next()
+	more := false
+	s.instances.ascend(from, func(k string, v *meshcav1.Instance) bool {
 		if limit > 0 && len(page) == limit {
-			return page, next
+			more = true
+			return false
 		}
 		page = append(page, clone(v))
 		next = k
+		return true
+	})
+	if !more {
+		next = ""
 	}
-	return page, ""
+	return page, next
 }
 
 // Cert returns the certificate record of a serial.
 func (s *State) Cert(serial string) (*meshcav1.Cert, error) {
-	return get(s.certs, "cert", serial)
+	return get(&s.certs, "cert", serial)
 }
 
 // KeyUse returns the first use of a public key by the SHA-256 of its SubjectPublicKeyInfo.
@@ -258,7 +273,7 @@ func (s *State) KeyUse(spkiSHA256 []byte) (*meshcav1.KeyUse, error) {
 
 // Revocation returns the revocation of a serial.
 func (s *State) Revocation(serial string) (*meshcav1.Revocation, error) {
-	return get(s.revocations, "revocation", serial)
+	return get(&s.revocations, "revocation", serial)
 }
 
 // IsRevoked reports whether a serial is revoked.
@@ -268,24 +283,24 @@ func (s *State) IsRevoked(serial string) bool {
 }
 
 // Revocations lists every revocation, sorted by serial: the content of the CRL.
-func (s *State) Revocations() []*meshcav1.Revocation { return list(s.revocations, "", nil, 0) }
+func (s *State) Revocations() []*meshcav1.Revocation { return list(&s.revocations, "", nil, 0) }
 
 // IssuerUse returns the latest expiry of the certificates an issuer signed.
 func (s *State) IssuerUse(issuerID string) (*meshcav1.IssuerUse, error) {
-	return get(s.issuerUses, "issuer use", issuerID)
+	return get(&s.issuerUses, "issuer use", issuerID)
 }
 
 // Federation returns a foreign trust domain's bundle.
 func (s *State) Federation(trustDomain string) (*meshcav1.Federation, error) {
-	return get(s.federations, "federation", trustDomain)
+	return get(&s.federations, "federation", trustDomain)
 }
 
 // Federations lists every federated trust domain, sorted by name.
-func (s *State) Federations() []*meshcav1.Federation { return list(s.federations, "", nil, 0) }
+func (s *State) Federations() []*meshcav1.Federation { return list(&s.federations, "", nil, 0) }
 
 // Token returns a register token by jti.
 func (s *State) Token(jti string) (*meshcav1.Token, error) {
-	return get(s.tokens, "token", jti)
+	return get(&s.tokens, "token", jti)
 }
 
 // Nonce returns a used service-key token nonce.
@@ -299,20 +314,20 @@ func (s *State) Nonce(scope, nonce string) (*meshcav1.Nonce, error) {
 
 // CSRRequest returns a manual-approval request by id.
 func (s *State) CSRRequest(id string) (*meshcav1.CSRRequest, error) {
-	return get(s.csrRequests, "csr request", id)
+	return get(&s.csrRequests, "csr request", id)
 }
 
 // CSRRequests lists the requests in a state (every request for CSR_STATE_UNSPECIFIED), sorted
 // by id.
 func (s *State) CSRRequests(state meshcav1.CSRState) []*meshcav1.CSRRequest {
-	return filterList(s.csrRequests, "", func(_ string, v *meshcav1.CSRRequest) (bool, bool) {
+	return filterList(&s.csrRequests, "", func(_ string, v *meshcav1.CSRRequest) (bool, bool) {
 		return true, state == meshcav1.CSRState_CSR_STATE_UNSPECIFIED || v.GetState() == state
 	})
 }
 
 // Events lists up to limit events (0: all) with index ≥ from, oldest first.
 func (s *State) Events(from uint64, limit int) []*meshcav1.Event {
-	return list(s.events, from, nil, limit)
+	return list(&s.events, from, nil, limit)
 }
 
 // LastEventIndex is the index of the newest event, 0 if none was ever recorded.
@@ -320,7 +335,7 @@ func (s *State) LastEventIndex() uint64 { return s.nextEvent - 1 }
 
 // Receipt returns the remembered result of a command id, if it is still in the window.
 func (s *State) Receipt(commandID string) (*meshcav1.CommandReceipt, error) {
-	return get(s.receipts, "command", commandID)
+	return get(&s.receipts, "command", commandID)
 }
 
 // Sizes counts the records of each kind.

@@ -10,7 +10,6 @@ import (
 	"io"
 	"slices"
 
-	"github.com/benbjohnson/immutable"
 	"google.golang.org/protobuf/proto"
 
 	meshcav1 "github.com/meshca/meshca/api/meshca/v1"
@@ -60,15 +59,15 @@ func (rw *recordWriter) write(rec *meshcav1.SnapshotRecord) error {
 // walkTable emits every record of a table in key order, wrapped by wrap.
 func walkTable[K string | uint64, V any](t *table[K, V], emit func(*meshcav1.SnapshotRecord) error, wrap func(V) *meshcav1.SnapshotRecord) (uint64, error) {
 	var n uint64
-	it := t.Iterator()
-	for !it.Done() {
-		_, v, _ := it.Next()
-		if err := emit(wrap(v)); err != nil {
-			return n, err
+	var err error
+	t.scan(func(_ K, v V) bool {
+		if err = emit(wrap(v)); err != nil {
+			return false
 		}
 		n++
-	}
-	return n, nil
+		return true
+	})
+	return n, err
 }
 
 // walkRecords emits the whole state in canonical order and returns the record count.
@@ -88,72 +87,72 @@ func walkRecords(s *State, emit func(*meshcav1.SnapshotRecord) error) (uint64, e
 	}
 	steps := []func() (uint64, error){
 		func() (uint64, error) {
-			return walkTable(s.domains, emit, func(v *meshcav1.Domain) *meshcav1.SnapshotRecord {
+			return walkTable(&s.domains, emit, func(v *meshcav1.Domain) *meshcav1.SnapshotRecord {
 				return &meshcav1.SnapshotRecord{Record: &meshcav1.SnapshotRecord_Domain{Domain: v}}
 			})
 		},
 		func() (uint64, error) {
-			return walkTable(s.services, emit, func(v *meshcav1.Service) *meshcav1.SnapshotRecord {
+			return walkTable(&s.services, emit, func(v *meshcav1.Service) *meshcav1.SnapshotRecord {
 				return &meshcav1.SnapshotRecord{Record: &meshcav1.SnapshotRecord_Service{Service: v}}
 			})
 		},
 		func() (uint64, error) {
-			return walkTable(s.providers, emit, func(v *meshcav1.Provider) *meshcav1.SnapshotRecord {
+			return walkTable(&s.providers, emit, func(v *meshcav1.Provider) *meshcav1.SnapshotRecord {
 				return &meshcav1.SnapshotRecord{Record: &meshcav1.SnapshotRecord_Provider{Provider: v}}
 			})
 		},
 		func() (uint64, error) {
-			return walkTable(s.instances, emit, func(v *meshcav1.Instance) *meshcav1.SnapshotRecord {
+			return walkTable(&s.instances, emit, func(v *meshcav1.Instance) *meshcav1.SnapshotRecord {
 				return &meshcav1.SnapshotRecord{Record: &meshcav1.SnapshotRecord_Instance{Instance: v}}
 			})
 		},
 		func() (uint64, error) {
-			return walkTable(s.certs, emit, func(v *meshcav1.Cert) *meshcav1.SnapshotRecord {
+			return walkTable(&s.certs, emit, func(v *meshcav1.Cert) *meshcav1.SnapshotRecord {
 				return &meshcav1.SnapshotRecord{Record: &meshcav1.SnapshotRecord_Cert{Cert: v}}
 			})
 		},
 		func() (uint64, error) {
-			return walkTable(s.keyUses, emit, func(v *meshcav1.KeyUse) *meshcav1.SnapshotRecord {
+			return walkTable(&s.keyUses, emit, func(v *meshcav1.KeyUse) *meshcav1.SnapshotRecord {
 				return &meshcav1.SnapshotRecord{Record: &meshcav1.SnapshotRecord_KeyUse{KeyUse: v}}
 			})
 		},
 		func() (uint64, error) {
-			return walkTable(s.revocations, emit, func(v *meshcav1.Revocation) *meshcav1.SnapshotRecord {
+			return walkTable(&s.revocations, emit, func(v *meshcav1.Revocation) *meshcav1.SnapshotRecord {
 				return &meshcav1.SnapshotRecord{Record: &meshcav1.SnapshotRecord_Revocation{Revocation: v}}
 			})
 		},
 		func() (uint64, error) {
-			return walkTable(s.issuerUses, emit, func(v *meshcav1.IssuerUse) *meshcav1.SnapshotRecord {
+			return walkTable(&s.issuerUses, emit, func(v *meshcav1.IssuerUse) *meshcav1.SnapshotRecord {
 				return &meshcav1.SnapshotRecord{Record: &meshcav1.SnapshotRecord_IssuerUse{IssuerUse: v}}
 			})
 		},
 		func() (uint64, error) {
-			return walkTable(s.federations, emit, func(v *meshcav1.Federation) *meshcav1.SnapshotRecord {
+			return walkTable(&s.federations, emit, func(v *meshcav1.Federation) *meshcav1.SnapshotRecord {
 				return &meshcav1.SnapshotRecord{Record: &meshcav1.SnapshotRecord_Federation{Federation: v}}
 			})
 		},
 		func() (uint64, error) {
-			return walkTable(s.tokens, emit, func(v *meshcav1.Token) *meshcav1.SnapshotRecord {
+			return walkTable(&s.tokens, emit, func(v *meshcav1.Token) *meshcav1.SnapshotRecord {
 				return &meshcav1.SnapshotRecord{Record: &meshcav1.SnapshotRecord_Token{Token: v}}
 			})
 		},
 		func() (uint64, error) {
-			return walkTable(s.nonces, emit, func(v *meshcav1.Nonce) *meshcav1.SnapshotRecord {
+			return walkTable(&s.nonces, emit, func(v *meshcav1.Nonce) *meshcav1.SnapshotRecord {
 				return &meshcav1.SnapshotRecord{Record: &meshcav1.SnapshotRecord_Nonce{Nonce: v}}
 			})
 		},
 		func() (uint64, error) {
-			return walkTable(s.csrRequests, emit, func(v *meshcav1.CSRRequest) *meshcav1.SnapshotRecord {
+			return walkTable(&s.csrRequests, emit, func(v *meshcav1.CSRRequest) *meshcav1.SnapshotRecord {
 				return &meshcav1.SnapshotRecord{Record: &meshcav1.SnapshotRecord_CsrRequest{CsrRequest: v}}
 			})
 		},
 		func() (uint64, error) {
-			return walkTable(s.events, emit, func(v *meshcav1.Event) *meshcav1.SnapshotRecord {
+			return walkTable(&s.events, emit, func(v *meshcav1.Event) *meshcav1.SnapshotRecord {
 				return &meshcav1.SnapshotRecord{Record: &meshcav1.SnapshotRecord_Event{Event: v}}
 			})
 		},
 		func() (uint64, error) {
-			return walkTable(s.receipts, emit, func(v *meshcav1.CommandReceipt) *meshcav1.SnapshotRecord {
+			return walkTable(&s.receipts, emit, func(v *meshcav1.CommandReceipt) *meshcav1.SnapshotRecord {
 				return &meshcav1.SnapshotRecord{Record: &meshcav1.SnapshotRecord_Receipt{Receipt: v}}
 			})
 		},
@@ -241,48 +240,14 @@ func (rr *recordReader) next(rec *meshcav1.SnapshotRecord) (framed []byte, err e
 	return buf, nil
 }
 
-// stateBuilder fills the tables of a state being restored, in place.
+// stateBuilder fills the tables of a state being restored, in place: the state is not shared
+// until the builder hands it over.
 type stateBuilder struct {
-	s                       *State
-	domains                 *immutable.SortedMapBuilder[string, *meshcav1.Domain]
-	services                *immutable.SortedMapBuilder[string, *meshcav1.Service]
-	providers               *immutable.SortedMapBuilder[string, *meshcav1.Provider]
-	instances               *immutable.SortedMapBuilder[string, *meshcav1.Instance]
-	certs                   *immutable.SortedMapBuilder[string, *meshcav1.Cert]
-	keyUses                 *immutable.SortedMapBuilder[string, *meshcav1.KeyUse]
-	revocations             *immutable.SortedMapBuilder[string, *meshcav1.Revocation]
-	issuerUses              *immutable.SortedMapBuilder[string, *meshcav1.IssuerUse]
-	federations             *immutable.SortedMapBuilder[string, *meshcav1.Federation]
-	tokens                  *immutable.SortedMapBuilder[string, *meshcav1.Token]
-	nonces                  *immutable.SortedMapBuilder[string, *meshcav1.Nonce]
-	csrRequests             *immutable.SortedMapBuilder[string, *meshcav1.CSRRequest]
-	events                  *immutable.SortedMapBuilder[uint64, *meshcav1.Event]
-	receipts                *immutable.SortedMapBuilder[string, *meshcav1.CommandReceipt]
-	receiptOrder            *immutable.SortedMapBuilder[uint64, string]
-	certExpiry, tokenExpiry *immutable.SortedMapBuilder[string, struct{}]
-	nonceExpiry             *immutable.SortedMapBuilder[string, struct{}]
-	sawCounters             bool
+	s           *State
+	sawCounters bool
 }
 
-func builder[K string | uint64, V any]() *immutable.SortedMapBuilder[K, V] {
-	return immutable.NewSortedMapBuilder[K, V](nil)
-}
-
-func newStateBuilder() *stateBuilder {
-	return &stateBuilder{
-		s:       emptyState(),
-		domains: builder[string, *meshcav1.Domain](), services: builder[string, *meshcav1.Service](),
-		providers: builder[string, *meshcav1.Provider](), instances: builder[string, *meshcav1.Instance](),
-		certs: builder[string, *meshcav1.Cert](), keyUses: builder[string, *meshcav1.KeyUse](),
-		revocations: builder[string, *meshcav1.Revocation](), issuerUses: builder[string, *meshcav1.IssuerUse](),
-		federations: builder[string, *meshcav1.Federation](), tokens: builder[string, *meshcav1.Token](),
-		nonces: builder[string, *meshcav1.Nonce](), csrRequests: builder[string, *meshcav1.CSRRequest](),
-		events: builder[uint64, *meshcav1.Event](), receipts: builder[string, *meshcav1.CommandReceipt](),
-		receiptOrder: builder[uint64, string](),
-		certExpiry:   builder[string, struct{}](), tokenExpiry: builder[string, struct{}](),
-		nonceExpiry: builder[string, struct{}](),
-	}
-}
+func newStateBuilder() *stateBuilder { return &stateBuilder{s: emptyState()} }
 
 // add files one record; the derived indexes are filled alongside.
 func (b *stateBuilder) add(rec *meshcav1.SnapshotRecord) error {
@@ -299,38 +264,38 @@ func (b *stateBuilder) add(rec *meshcav1.SnapshotRecord) error {
 		}
 		b.s.ca = r.Ca
 	case *meshcav1.SnapshotRecord_Domain:
-		b.domains.Set(r.Domain.GetName(), r.Domain)
+		b.s.domains.load(r.Domain.GetName(), r.Domain)
 	case *meshcav1.SnapshotRecord_Service:
-		b.services.Set(Identity(r.Service.GetDomain(), r.Service.GetName()), r.Service)
+		b.s.services.load(Identity(r.Service.GetDomain(), r.Service.GetName()), r.Service)
 	case *meshcav1.SnapshotRecord_Provider:
-		b.providers.Set(r.Provider.GetName(), r.Provider)
+		b.s.providers.load(r.Provider.GetName(), r.Provider)
 	case *meshcav1.SnapshotRecord_Instance:
-		b.instances.Set(instanceSlot(r.Instance.GetProvider(), r.Instance.GetInstanceId()), r.Instance)
+		b.s.instances.load(instanceSlot(r.Instance.GetProvider(), r.Instance.GetInstanceId()), r.Instance)
 	case *meshcav1.SnapshotRecord_Cert:
-		b.certs.Set(r.Cert.GetSerial(), r.Cert)
-		b.certExpiry.Set(expiryKey(r.Cert.GetNotAfter(), r.Cert.GetSerial()), struct{}{})
+		b.s.certs.load(r.Cert.GetSerial(), r.Cert)
+		b.s.certExpiry.load(expiryKey(r.Cert.GetNotAfter(), r.Cert.GetSerial()), struct{}{})
 	case *meshcav1.SnapshotRecord_KeyUse:
-		b.keyUses.Set(string(r.KeyUse.GetSpkiSha256()), r.KeyUse)
+		b.s.keyUses.load(string(r.KeyUse.GetSpkiSha256()), r.KeyUse)
 	case *meshcav1.SnapshotRecord_Revocation:
-		b.revocations.Set(r.Revocation.GetSerial(), r.Revocation)
+		b.s.revocations.load(r.Revocation.GetSerial(), r.Revocation)
 	case *meshcav1.SnapshotRecord_IssuerUse:
-		b.issuerUses.Set(r.IssuerUse.GetIssuerId(), r.IssuerUse)
+		b.s.issuerUses.load(r.IssuerUse.GetIssuerId(), r.IssuerUse)
 	case *meshcav1.SnapshotRecord_Federation:
-		b.federations.Set(r.Federation.GetTrustDomain(), r.Federation)
+		b.s.federations.load(r.Federation.GetTrustDomain(), r.Federation)
 	case *meshcav1.SnapshotRecord_Token:
-		b.tokens.Set(r.Token.GetJti(), r.Token)
-		b.tokenExpiry.Set(expiryKey(r.Token.GetExpires(), r.Token.GetJti()), struct{}{})
+		b.s.tokens.load(r.Token.GetJti(), r.Token)
+		b.s.tokenExpiry.load(expiryKey(r.Token.GetExpires(), r.Token.GetJti()), struct{}{})
 	case *meshcav1.SnapshotRecord_Nonce:
 		k := nonceKey(r.Nonce.GetScope(), r.Nonce.GetNonce())
-		b.nonces.Set(k, r.Nonce)
-		b.nonceExpiry.Set(expiryKey(r.Nonce.GetExpires(), k), struct{}{})
+		b.s.nonces.load(k, r.Nonce)
+		b.s.nonceExpiry.load(expiryKey(r.Nonce.GetExpires(), k), struct{}{})
 	case *meshcav1.SnapshotRecord_CsrRequest:
-		b.csrRequests.Set(r.CsrRequest.GetId(), r.CsrRequest)
+		b.s.csrRequests.load(r.CsrRequest.GetId(), r.CsrRequest)
 	case *meshcav1.SnapshotRecord_Event:
-		b.events.Set(r.Event.GetIndex(), r.Event)
+		b.s.events.load(r.Event.GetIndex(), r.Event)
 	case *meshcav1.SnapshotRecord_Receipt:
-		b.receipts.Set(r.Receipt.GetId(), r.Receipt)
-		b.receiptOrder.Set(r.Receipt.GetSequence(), r.Receipt.GetId())
+		b.s.receipts.load(r.Receipt.GetId(), r.Receipt)
+		b.s.receiptOrder.load(r.Receipt.GetSequence(), r.Receipt.GetId())
 		b.s.receiptBytes += len(r.Receipt.GetResult())
 	default:
 		return fmt.Errorf("%w: unexpected record %T", ErrCorruptSnapshot, r)
@@ -342,14 +307,7 @@ func (b *stateBuilder) state() (*State, error) {
 	if !b.sawCounters {
 		return nil, fmt.Errorf("%w: no counters record", ErrCorruptSnapshot)
 	}
-	s := b.s
-	s.domains, s.services, s.providers, s.instances = b.domains.Map(), b.services.Map(), b.providers.Map(), b.instances.Map()
-	s.certs, s.keyUses, s.revocations, s.issuerUses = b.certs.Map(), b.keyUses.Map(), b.revocations.Map(), b.issuerUses.Map()
-	s.federations, s.tokens, s.nonces, s.csrRequests = b.federations.Map(), b.tokens.Map(), b.nonces.Map(), b.csrRequests.Map()
-	s.events, s.receipts, s.receiptOrder = b.events.Map(), b.receipts.Map(), b.receiptOrder.Map()
-	s.certExpiry = b.certExpiry.Map()
-	s.tokenExpiry, s.nonceExpiry = b.tokenExpiry.Map(), b.nonceExpiry.Map()
-	return s, nil
+	return b.s, nil
 }
 
 // ReadSnapshot reads a snapshot stream written by WriteSnapshot back into a state. It checks
