@@ -3,6 +3,9 @@ package agent
 import (
 	"context"
 	"crypto"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
 	"crypto/x509"
 	"encoding/json"
 	"errors"
@@ -26,6 +29,8 @@ import (
 	"github.com/spiffe/go-spiffe/v2/workloadapi"
 	"go.yaml.in/yaml/v3"
 
+	meshcav1 "github.com/meshca/meshca/api/meshca/v1"
+	"github.com/meshca/meshca/ca/signer"
 	"github.com/meshca/meshca/controlplane"
 	"github.com/meshca/meshca/controlplane/confirm"
 	"github.com/meshca/meshca/examples/demo"
@@ -39,6 +44,9 @@ func TestMain(m *testing.M) { os.Exit(clustertest.Main(m)) }
 const (
 	e2eProvider = "sys.auth.e2e"
 	e2eSuffix   = "e2e.mesh.test"
+	// builtinE2ESuffix is the DNS suffix of the CA's own provider (register and service key
+	// tokens) on the real cluster.
+	builtinE2ESuffix = "meshca.mesh.test"
 	// e2eTTL is the certificate lifetime the agent asks the real cluster for: short, so that
 	// rotations happen every few seconds of real time.
 	e2eTTL = 6 * time.Second
@@ -55,13 +63,18 @@ func startRealCluster(t *testing.T) *clustertest.Cluster {
 	}
 	confirmURL := "https://" + ln.Addr().String() + "/confirm"
 	c := clustertest.Start(t, clustertest.Options{
-		Nodes:     3,
-		Providers: []controlplane.ProviderConfig{{Name: e2eProvider, DNSSuffix: e2eSuffix, ConfirmEndpoint: confirmURL}},
+		Nodes: 3,
+		Providers: []controlplane.ProviderConfig{
+			{Name: e2eProvider, DNSSuffix: e2eSuffix, ConfirmEndpoint: confirmURL},
+			{Name: BuiltinProvider, DNSSuffix: builtinE2ESuffix},
+		},
 		Tune: func(_ int, cfg *controlplane.Config) {
 			cfg.Services = []controlplane.ServiceConfig{
 				{Name: "sports.api", LaunchGrants: []string{e2eProvider}},
 				{Name: "demo.server", LaunchGrants: []string{e2eProvider}},
 				{Name: "demo.client", LaunchGrants: []string{e2eProvider}},
+				{Name: "sports.web", LaunchGrants: []string{BuiltinProvider}},
+				{Name: "sports.batch", LaunchGrants: []string{BuiltinProvider}},
 			}
 		},
 	})
@@ -224,6 +237,9 @@ func TestAgentOnARealThreeNodeCluster(t *testing.T) {
 	})
 	t.Run("the demo completes 1,000 mTLS requests across three rotations without a failed handshake", func(t *testing.T) {
 		runDemo(t, cfg, c.TrustDomain())
+	})
+	t.Run("register and service key tokens from the admin API register; a revoked instance is no longer served", func(t *testing.T) {
+		runTokenFlows(t, c)
 	})
 	t.Run("the binaries: meshca-agent, demo-server and demo-client as processes", func(t *testing.T) {
 		runBinaries(t, c)
@@ -493,4 +509,79 @@ func runBinaries(t *testing.T, c *clustertest.Cluster) {
 		}
 	}
 	assertMode(t, filepath.Join(cfg.FilesDir, "demo.server", sds.KeyFile), 0o600)
+}
+
+// runTokenFlows registers one identity with a register token and one with a service key token,
+// both from the admin API, then revokes the first through the admin API.
+func runTokenFlows(t *testing.T, c *clustertest.Cluster) {
+	ctx, cancel := context.WithTimeout(context.Background(), clustertest.WaitTimeout)
+	defer cancel()
+	adminCert := c.AdminCert()
+	admin := meshcav1.NewAdminClient(c.Dial(c.Leader(), &adminCert))
+	tok, err := admin.IssueRegisterToken(ctx, &meshcav1.IssueRegisterTokenRequest{Domain: "sports", Service: "web", InstanceId: "web-1.e2e"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pub, err := x509.MarshalPKIXPublicKey(key.Public())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := admin.AddServiceKey(ctx, &meshcav1.AddServiceKeyRequest{Identity: "sports.batch", Key: &meshcav1.ServiceKey{Version: "1", PublicKey: pub}}); err != nil {
+		t.Fatal(err)
+	}
+
+	dir := shortDir(t)
+	bundle, err := c.Bundle().Marshal()
+	if err != nil {
+		t.Fatal(err)
+	}
+	write(t, filepath.Join(dir, "bundle.pem"), bundle, 0o644)
+	write(t, filepath.Join(dir, "web.token"), []byte(tok.GetToken()+"\n"), 0o600)
+	if err := signer.WritePlaintextFile(filepath.Join(dir, "batch.key"), key); err != nil {
+		t.Fatal(err)
+	}
+	var servers []string
+	for _, n := range c.Nodes {
+		servers = append(servers, n.GRPCAddr)
+	}
+	cfg := &Config{
+		TrustDomain: c.TrustDomain().Name(), Servers: servers,
+		TrustBundle: filepath.Join(dir, "bundle.pem"), StateDir: filepath.Join(dir, "state"),
+		AdminSocket: filepath.Join(dir, "admin.sock"), TTL: NewDuration(e2eTTL),
+		Identities: []IdentityConfig{
+			{Domain: "sports", Service: "web", InstanceID: "web-1.e2e", ProviderDNSSuffix: builtinE2ESuffix, Socket: filepath.Join(dir, "web.sock"),
+				Attestation: AttestationConfig{RegisterTokenFile: filepath.Join(dir, "web.token")}},
+			{Domain: "sports", Service: "batch", InstanceID: "batch-1.e2e", ProviderDNSSuffix: builtinE2ESuffix, Socket: filepath.Join(dir, "batch.sock"),
+				Attestation: AttestationConfig{ServiceKey: &ServiceKeyConfig{KeyFile: filepath.Join(dir, "batch.key"), KeyVersion: "1"}}},
+		},
+	}
+	cfg.SetDefaults()
+	a := startAgent(t, cfg, nil)
+	web := spiffeid.RequireFromString("spiffe://" + c.TrustDomain().Name() + "/ns/sports/sa/web")
+	batch := spiffeid.RequireFromString("spiffe://" + c.TrustDomain().Name() + "/ns/sports/sa/batch")
+	poll(t, "both identities registered and refreshed", func() bool {
+		return a.servedSerial(web) != "" && a.servedSerial(batch) != "" &&
+			agentCount(t, a, "meshca_agent_rotations_total", "register") == 2 &&
+			agentCount(t, a, "meshca_agent_rotations_total", "refresh") >= 2
+	})
+
+	if _, err := admin.RevokeInstance(ctx, &meshcav1.RevokeInstanceRequest{Provider: BuiltinProvider, InstanceId: "web-1.e2e",
+		Reason: meshcav1.RevocationReason_REVOCATION_REASON_KEY_COMPROMISE, Detail: "agent e2e"}); err != nil {
+		t.Fatal(err)
+	}
+	poll(t, "the revoked instance withdrawn", func() bool { return a.servedSerial(web) == "" })
+	poll(t, "the spent register token noticed", logged(a, "register token already used"))
+	if !strings.Contains(a.logs.String(), `level=ERROR msg="agent: CA refused to refresh`) {
+		t.Error("the refusal is not logged as an error")
+	}
+	if agentCount(t, a, "meshca_agent_rotations_total", "register") != 2 {
+		t.Error("the agent registered again with a spent register token")
+	}
+	if a.servedSerial(batch) == "" {
+		t.Error("the other identity stopped being served")
+	}
 }
