@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"golang.org/x/sync/errgroup"
@@ -33,7 +34,8 @@ type Options struct {
 	// Logger receives the agent's logs; slog.Default() when nil.
 	Logger *slog.Logger
 	// Registry receives the agent's metrics (meshca_agent_*, meshca_sds_*) and is served on the
-	// admin socket's /metrics; a new registry when nil.
+	// admin socket's /metrics; when nil, a new registry that also holds the Go runtime and
+	// process collectors.
 	Registry *prometheus.Registry
 	// Hostname is recorded with the instance at the CA; os.Hostname() when empty.
 	Hostname string
@@ -93,6 +95,7 @@ func New(cfg *Config, opts Options) (*Agent, error) {
 	}
 	if a.registry == nil {
 		a.registry = prometheus.NewRegistry()
+		a.registry.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	}
 	if a.hostname == "" {
 		a.hostname, _ = os.Hostname()
