@@ -13,6 +13,7 @@ import (
 	"github.com/envoyproxy/go-control-plane/pkg/resource/v3"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"github.com/spiffe/go-spiffe/v2/workloadapi"
+	rpcstatus "google.golang.org/genproto/googleapis/rpc/status"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
@@ -227,4 +228,68 @@ func anySecret(t *testing.T, s *tlsv3.Secret) *anypb.Any {
 		t.Fatal(err)
 	}
 	return a
+}
+
+// What the sds package proves for its server holds on the agent's socket too: Fetch and Delta
+// work, an unknown name is left out without harm, and a NACK leaves the stream getting pushes.
+func TestTheAgentSocketSpeaksFetchDeltaAndSurvivesNACKsAndUnknownNames(t *testing.T) {
+	clock := newFakeClock(testStart())
+	cluster := newTestCluster(t, clock.Now, 1)
+	cfg := testConfig(t, cluster, shortDir(t))
+	a := startAgent(t, cfg, clock)
+	c := secretservice.NewSecretDiscoveryServiceClient(dialUnix(t, cfg.SDSSocket))
+	ctx, cancel := context.WithTimeout(context.Background(), waitFor)
+	defer cancel()
+
+	t.Run("Fetch answers ROOTCA", func(t *testing.T) {
+		resp, err := c.FetchSecrets(ctx, &discovery.DiscoveryRequest{TypeUrl: resource.SecretType, ResourceNames: []string{sds.NameRootCA}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(resp.GetResources()) != 1 {
+			t.Fatalf("%d resources, want ROOTCA", len(resp.GetResources()))
+		}
+	})
+	t.Run("Delta answers default", func(t *testing.T) {
+		st, err := c.DeltaSecrets(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := st.Send(&discovery.DeltaDiscoveryRequest{TypeUrl: resource.SecretType, ResourceNamesSubscribe: []string{sds.NameDefault}}); err != nil {
+			t.Fatal(err)
+		}
+		resp, err := st.Recv()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(resp.GetResources()) != 1 || resp.GetResources()[0].GetName() != sds.NameDefault {
+			t.Fatalf("delta answer %v", resp.GetResources())
+		}
+	})
+	t.Run("an unknown name is left out and a NACK keeps the stream", func(t *testing.T) {
+		other := "spiffe://mesh.example/ns/sports/sa/other"
+		e := openEnvoy(t, cfg.SDSSocket, sds.NameDefault, other)
+		first := e.st
+		resp, err := first.Recv()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(resp.GetResources()) != 1 {
+			t.Fatalf("%d resources, want default alone", len(resp.GetResources()))
+		}
+		nack := &discovery.DiscoveryRequest{TypeUrl: resource.SecretType, ResourceNames: e.names, ResponseNonce: resp.GetNonce(),
+			ErrorDetail: &rpcstatus.Status{Code: int32(codes.InvalidArgument), Message: "rejected by the test"}}
+		if err := first.Send(nack); err != nil {
+			t.Fatal(err)
+		}
+		before := a.servedSerial(idAPI)
+		advanceToRefresh(t, clock, cluster)
+		got := e.recvUntil("the rotated certificate after the NACK", func(m map[string]*tlsv3.Secret) bool {
+			return m[sds.NameDefault] != nil && serialOf(t, m[sds.NameDefault]) != before
+		})
+		if _, ok := got[other]; ok {
+			t.Fatal("another identity's certificate was served")
+		}
+		poll(t, "the NACK logged", logged(a, "NACK"))
+	})
 }
