@@ -116,9 +116,9 @@ func applyCSRIssued(tx *txn, c *meshcav1.RecordCSRIssuedCommand) outcome {
 	if o != nil {
 		return *o
 	}
-	cert := clone(c.GetCert())
+	cert := c.GetCert() // decoded for this apply alone: completed and stored as it is
 	cert.Issued, cert.CsrRequest = tx.now, r.GetId()
-	if o := tx.checkNewCert(field+".cert", cert, func(*meshcav1.KeyUse) bool { return c.GetForceKeyReuse() }); o != nil {
+	if o := tx.checkNewCert(field+".cert", cert, c.GetForceKeyReuse()); o != nil {
 		return *o
 	}
 	n := clone(r)

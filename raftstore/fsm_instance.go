@@ -110,9 +110,9 @@ func applyRegister(tx *txn, c *meshcav1.RecordRegisterCommand) outcome {
 			return *o
 		}
 	}
-	cert := clone(c.GetCert())
+	cert := c.GetCert() // decoded for this apply alone: completed and stored as it is
 	cert.Identity, cert.Instance, cert.Issued, cert.CsrRequest = Identity(ref.domain, ref.service), ref.key(), tx.now, ""
-	if o := tx.checkNewCert(field+".cert", cert, func(*meshcav1.KeyUse) bool { return c.GetForceKeyReuse() }); o != nil {
+	if o := tx.checkNewCert(field+".cert", cert, c.GetForceKeyReuse()); o != nil {
 		return *o
 	}
 
@@ -190,12 +190,10 @@ func applyRefresh(tx *txn, c *meshcav1.RecordRefreshCommand) outcome {
 	if _, o := tx.checkLaunch(field, ref.provider, ref.domain, ref.service); o != nil {
 		return *o
 	}
-	cert := clone(c.GetCert())
+	cert := c.GetCert() // decoded for this apply alone: completed and stored as it is
 	cert.Identity, cert.Instance, cert.Issued, cert.CsrRequest = Identity(ref.domain, ref.service), ref.key(), tx.now, ""
-	allowKey := func(*meshcav1.KeyUse) bool {
-		return c.GetForceKeyReuse() || decision == RefreshRetryPrevious && sameKey
-	}
-	if o := tx.checkNewCert(field+".cert", cert, allowKey); o != nil {
+	reuseAllowed := c.GetForceKeyReuse() || decision == RefreshRetryPrevious && sameKey
+	if o := tx.checkNewCert(field+".cert", cert, reuseAllowed); o != nil {
 		return *o
 	}
 

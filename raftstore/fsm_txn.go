@@ -155,8 +155,8 @@ func (tx *txn) checkCertShape(field string, c *meshcav1.Cert) *outcome {
 
 // checkNewCert validates a certificate record carried by a command and the rules every new
 // certificate follows: a fresh serial, a known issuer, and a public key not used before unless
-// allowKey accepts its first use.
-func (tx *txn) checkNewCert(field string, c *meshcav1.Cert, allowKey func(*meshcav1.KeyUse) bool) *outcome {
+// reuseAllowed.
+func (tx *txn) checkNewCert(field string, c *meshcav1.Cert, reuseAllowed bool) *outcome {
 	if o := tx.checkCertShape(field, c); o != nil {
 		return o
 	}
@@ -166,7 +166,7 @@ func (tx *txn) checkNewCert(field string, c *meshcav1.Cert, allowKey func(*meshc
 	if _, dup := tx.certs.Get(c.GetSerial()); dup {
 		return deny(codeAlreadyExists, "%s.serial: %s was already issued", field, c.GetSerial())
 	}
-	if ku, used := tx.keyUses.Get(string(c.GetSpkiSha256())); used && !allowKey(ku) {
+	if ku, used := tx.keyUses.Get(string(c.GetSpkiSha256())); used && !reuseAllowed {
 		return deny(codeKeyReused, "%s.spki_sha256: public key %x was first used by serial %s; a new key is required unless reuse is forced",
 			field, c.GetSpkiSha256(), ku.GetSerial())
 	}
@@ -212,11 +212,11 @@ func checkPutMode(field string, mode meshcav1.PutMode, exists bool, name string)
 	return nil
 }
 
-// instanceRef is a validated instance name.
-type instanceRef struct{ provider, domain, service, id string }
+// instanceRef is a validated instance name, with its full name and its storage slot.
+type instanceRef struct{ provider, domain, service, id, fullKey, slotKey string }
 
-func (r instanceRef) key() string  { return InstanceKey(r.provider, r.domain, r.service, r.id) }
-func (r instanceRef) slot() string { return instanceSlot(r.provider, r.id) }
+func (r instanceRef) key() string  { return r.fullKey }
+func (r instanceRef) slot() string { return r.slotKey }
 
 // parseInstanceRef validates the four parts of an instance name.
 func parseInstanceRef(field, provider, domain, service, id string) (instanceRef, *outcome) {
@@ -229,7 +229,10 @@ func parseInstanceRef(field, provider, domain, service, id string) (instanceRef,
 	if err := validateDNSName(id); err != nil {
 		return instanceRef{}, deny(codeInvalid, "%s.instance_id: %v", field, err)
 	}
-	return instanceRef{provider: provider, domain: domain, service: service, id: id}, nil
+	return instanceRef{
+		provider: provider, domain: domain, service: service, id: id,
+		fullKey: InstanceKey(provider, domain, service, id), slotKey: instanceSlot(provider, id),
+	}, nil
 }
 
 // lookupInstance finds an instance by its full name.

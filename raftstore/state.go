@@ -119,9 +119,9 @@ func (s *State) thaw() *State {
 // expiryKey orders records by a time, then by their key: the big-endian time with its sign bit
 // flipped sorts like the signed number.
 func expiryKey(t int64, key string) string {
-	b := make([]byte, 8, 8+len(key))
-	binary.BigEndian.PutUint64(b, uint64(t)^(1<<63))
-	return string(append(b, key...))
+	var b [8]byte
+	binary.BigEndian.PutUint64(b[:], uint64(t)^(1<<63))
+	return string(b[:]) + key
 }
 
 // expiryTime reads the time back from an expiryKey.

@@ -51,7 +51,7 @@ func validateDottedName(name string) error {
 	if len(name) > maxNameLen {
 		return fmt.Errorf("%w: longer than %d characters", errNameRule, maxNameLen)
 	}
-	for _, label := range strings.Split(name, ".") {
+	for label := range strings.SplitSeq(name, ".") {
 		if err := validateLabel(label); err != nil {
 			return err
 		}
@@ -116,7 +116,7 @@ func validateDNSName(name string) error {
 	if len(name) > maxNameLen {
 		return fmt.Errorf("%w: longer than %d characters", errNameRule, maxNameLen)
 	}
-	for _, label := range strings.Split(name, ".") {
+	for label := range strings.SplitSeq(name, ".") {
 		if label == "" {
 			return fmt.Errorf("%w: empty DNS label in %q", errNameRule, name)
 		}
