@@ -104,11 +104,9 @@ func (l *identityLoop) run(ctx context.Context) error {
 		if !sleep(ctx, clock, at.Sub(clock.Now())) {
 			return nil
 		}
-		// Decide again at the time of the attempt: the certificate may have expired meanwhile.
-		act := actRefresh
-		if l.cur == nil || !clock.Now().Before(l.cur.notAfter()) {
-			act = actRegister
-		}
+		// Decide at the time of the attempt: the certificate may have expired meanwhile (a
+		// suspended host, a long backoff).
+		act := actionAt(clock.Now(), l.cur.holding())
 		err := l.attempt(ctx, act)
 		if ctx.Err() != nil {
 			return nil

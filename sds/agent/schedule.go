@@ -110,10 +110,16 @@ func (s schedule) plan(now time.Time, cur *holding, r float64, retryAt time.Time
 	if at.Before(now) {
 		at = now
 	}
-	if cur == nil || !at.Before(cur.notAfter) {
-		return actRegister, at
+	return actionAt(at, cur), at
+}
+
+// actionAt is what an attempt made at now does: a certificate that is missing or expired by then
+// cannot refresh, so the instance registers (re-attests); otherwise it refreshes.
+func actionAt(now time.Time, cur *holding) action {
+	if cur == nil || !now.Before(cur.notAfter) {
+		return actRegister
 	}
-	return actRefresh, at
+	return actRefresh
 }
 
 // backoff is the wait after the n-th consecutive failure: initial·2^(n-1), at most max.
