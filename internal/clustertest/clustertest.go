@@ -137,7 +137,7 @@ type Cluster struct {
 	Nodes []*Node
 
 	caOnce sync.Once
-	issuer *ca.Issuer
+	ca     *CA
 	caErr  error
 }
 
@@ -189,7 +189,7 @@ func Start(t testing.TB, opts Options) *Cluster {
 	if c.kek, err = signer.NewKEK(raw); err != nil {
 		t.Fatal(err)
 	}
-	ports := freePorts(t, 3*opts.Nodes)
+	ports := FreePorts(t, 3*opts.Nodes)
 	var peers []controlplane.PeerConfig
 	for i := range opts.Nodes {
 		n := &Node{
@@ -238,8 +238,8 @@ func Start(t testing.TB, opts Options) *Cluster {
 	return c
 }
 
-// freePorts returns n distinct 127.0.0.1 addresses that were free a moment ago.
-func freePorts(t testing.TB, n int) []string {
+// FreePorts returns n distinct 127.0.0.1 addresses that were free a moment ago.
+func FreePorts(t testing.TB, n int) []string {
 	t.Helper()
 	var lns []net.Listener
 	var out []string
@@ -361,7 +361,8 @@ func (c *Cluster) stopAll() {
 	}
 }
 
-// Roots reads the cluster's root certificates from the shared CA directory.
+// Roots reads the cluster's root certificates from the shared CA directory (the key need not
+// be there yet).
 func (c *Cluster) Roots() *x509.CertPool {
 	c.t.Helper()
 	raw, err := os.ReadFile(filepath.Join(c.caDir, controlplane.SelfSignedCertFile))
@@ -380,19 +381,63 @@ func (c *Cluster) Roots() *x509.CertPool {
 }
 
 // Bundle is the cluster's trust bundle, as go-spiffe verifiers take it.
-func (c *Cluster) Bundle() *x509bundle.Bundle {
-	return x509bundle.FromX509Authorities(c.td, c.Issuer().Roots())
-}
+func (c *Cluster) Bundle() *x509bundle.Bundle { return c.CA().Bundle() }
 
 // Issuer opens the cluster's CA from the shared CA directory with the KEK, as an operator
 // holding the KEK could.
-func (c *Cluster) Issuer() *ca.Issuer {
+func (c *Cluster) Issuer() *ca.Issuer { return c.CA().Issuer() }
+
+// CA is the cluster's CA, opened from the shared CA directory with the KEK.
+func (c *Cluster) CA() *CA {
 	c.t.Helper()
-	c.caOnce.Do(func() { c.issuer, c.caErr = controlplane.LoadSelfSignedCA(c.caDir, c.kek, time.Now()) })
+	c.caOnce.Do(func() { c.ca, c.caErr = OpenCA(c.td, c.caDir, c.kek, time.Now()) })
 	if c.caErr != nil {
 		c.t.Fatal(c.caErr)
 	}
-	return c.issuer
+	return c.ca
+}
+
+// CA mints test certificates with a cluster's CA key: a self-signed CA directory that the
+// cluster's nodes generated, opened with the KEK, as an operator holding the KEK could.
+type CA struct {
+	td     spiffeid.TrustDomain
+	issuer *ca.Issuer
+}
+
+// OpenCA opens the self-signed CA in dir (the files meshca-server generates at first
+// bootstrap) with kek.
+func OpenCA(td spiffeid.TrustDomain, dir string, kek signer.KEK, now time.Time) (*CA, error) {
+	iss, err := controlplane.LoadSelfSignedCA(dir, kek, now)
+	if err != nil {
+		return nil, fmt.Errorf("open CA in %s: %w", dir, err)
+	}
+	return &CA{td: td, issuer: iss}, nil
+}
+
+// Issuer is the CA's issuer (its key, certificate and roots).
+func (a *CA) Issuer() *ca.Issuer { return a.issuer }
+
+// Roots are the CA's root certificates.
+func (a *CA) Roots() *x509.CertPool {
+	p := x509.NewCertPool()
+	for _, r := range a.issuer.Roots() {
+		p.AddCert(r)
+	}
+	return p
+}
+
+// Bundle is the CA's trust bundle, as go-spiffe verifiers take it.
+func (a *CA) Bundle() *x509bundle.Bundle {
+	return x509bundle.FromX509Authorities(a.td, a.issuer.Roots())
+}
+
+// TLSConfig trusts the CA's roots and presents cert when it is not nil.
+func (a *CA) TLSConfig(cert *tls.Certificate) *tls.Config {
+	cfg := &tls.Config{RootCAs: a.Roots(), MinVersion: tls.VersionTLS12}
+	if cert != nil {
+		cfg.Certificates = []tls.Certificate{*cert}
+	}
+	return cfg
 }
 
 // CertOptions shape a certificate IssueCert mints.
@@ -412,12 +457,21 @@ type CertOptions struct {
 // replicated state (it has no instance and is never refreshed).
 func (c *Cluster) IssueCert(id spiffeid.ID, opts CertOptions) tls.Certificate {
 	c.t.Helper()
-	iss := c.Issuer()
+	out, err := c.CA().IssueCert(id, opts)
+	if err != nil {
+		c.t.Fatal(err)
+	}
+	return out
+}
+
+// IssueCert mints a certificate for id signed with the CA's key, valid from a minute before
+// now. It is not recorded in any replicated state.
+func (a *CA) IssueCert(id spiffeid.ID, opts CertOptions) (tls.Certificate, error) {
 	key := opts.Key
 	if key == nil {
 		k, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 		if err != nil {
-			c.t.Fatal(err)
+			return tls.Certificate{}, err
 		}
 		key = k
 	}
@@ -431,7 +485,7 @@ func (c *Cluster) IssueCert(id spiffeid.ID, opts CertOptions) tls.Certificate {
 	}
 	serial, err := ca.NewSerial(nil)
 	if err != nil {
-		c.t.Fatal(err)
+		return tls.Certificate{}, err
 	}
 	uri, _ := url.Parse(id.String())
 	now := time.Now()
@@ -441,21 +495,21 @@ func (c *Cluster) IssueCert(id spiffeid.ID, opts CertOptions) tls.Certificate {
 		KeyUsage:              x509.KeyUsageDigitalSignature,
 		ExtKeyUsage:           []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth, x509.ExtKeyUsageServerAuth},
 		BasicConstraintsValid: true, URIs: []*url.URL{uri}, DNSNames: dns, IPAddresses: ips,
-		SignatureAlgorithm: iss.Signer().SignatureAlgorithm(),
+		SignatureAlgorithm: a.issuer.Signer().SignatureAlgorithm(),
 	}
-	der, err := signer.CreateCertificate(rand.Reader, tmpl, iss.Certificate(), key.Public(), iss.Signer())
+	der, err := signer.CreateCertificate(rand.Reader, tmpl, a.issuer.Certificate(), key.Public(), a.issuer.Signer())
 	if err != nil {
-		c.t.Fatal(err)
+		return tls.Certificate{}, fmt.Errorf("sign certificate for %s: %w", id, err)
 	}
 	leaf, err := x509.ParseCertificate(der)
 	if err != nil {
-		c.t.Fatal(err)
+		return tls.Certificate{}, err
 	}
 	out := tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key, Leaf: leaf}
-	for _, ch := range iss.Chain() {
+	for _, ch := range a.issuer.Chain() {
 		out.Certificate = append(out.Certificate, ch.Raw)
 	}
-	return out
+	return out, nil
 }
 
 // AdminCert is a client certificate of AdminID, a system administrator from the config.
@@ -613,6 +667,20 @@ next:
 // poll retries check until it returns nil, failing the test after WaitTimeout.
 func (c *Cluster) poll(what string, check func() error) {
 	c.t.Helper()
+	Poll(c.t, what, check)
+}
+
+// Poll is the harness's bounded wait for tests: it retries check until it returns nil, and
+// fails the test with check's last error after WaitTimeout.
+func (c *Cluster) Poll(what string, check func() error) {
+	c.t.Helper()
+	c.poll(what, check)
+}
+
+// Poll retries check every 50 ms until it returns nil, and fails t with check's last error
+// after WaitTimeout. Nothing measures how long it took.
+func Poll(t testing.TB, what string, check func() error) {
+	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), WaitTimeout)
 	defer cancel()
 	var err error
@@ -622,15 +690,8 @@ func (c *Cluster) poll(what string, check func() error) {
 		}
 		select {
 		case <-ctx.Done():
-			c.t.Fatalf("waiting for %s: %v", what, err)
+			t.Fatalf("waiting for %s: %v", what, err)
 		case <-time.After(50 * time.Millisecond):
 		}
 	}
-}
-
-// Poll is the harness's bounded wait for tests: it retries check until it returns nil, and
-// fails the test with check's last error after WaitTimeout.
-func (c *Cluster) Poll(what string, check func() error) {
-	c.t.Helper()
-	c.poll(what, check)
 }
