@@ -86,8 +86,12 @@ unit:
 bench: tools
 	$(GO) test -run '^$$' -bench . -benchtime 2s -count 1 ./... | tee bench/last-run.txt
 
-## run: a local 3-node cluster, an agent and demo workloads, in the foreground.
+## run: a local 3-node cluster, the example provider, an agent and demo workloads, in the
+## foreground (Ctrl-C stops everything; data and logs stay in .dev).
 run: build
+	CGO_ENABLED=0 $(GO) build -o $(BIN)/provider ./examples/provider
+	CGO_ENABLED=0 $(GO) build -o $(BIN)/demo-server ./examples/demo-server
+	CGO_ENABLED=0 $(GO) build -o $(BIN)/demo-client ./examples/demo-client
 	$(BIN)/meshctl dev up --dir $(CURDIR)/.dev --foreground
 
 ## images: FROM scratch images of the binaries (no registry to pull from).

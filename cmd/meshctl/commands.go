@@ -18,6 +18,7 @@ func commandTable() []*command {
 		caCommands(),
 		clusterCommands(),
 		eventCommands(),
+		devCommands(),
 	} {
 		all = append(all, group...)
 	}
