@@ -36,9 +36,17 @@ type tokenEnv struct {
 	admin meshcav1.AdminClient
 }
 
-func newTokenEnv(t *testing.T) *tokenEnv {
+func newTokenEnv(t testing.TB) *tokenEnv {
+	return newTokenEnvWith(t, nil)
+}
+
+// newTokenEnvWith is newTokenEnv with a further change to the config.
+func newTokenEnvWith(t testing.TB, mutate func(*Config)) *tokenEnv {
 	t.Helper()
 	ts := startServer(t, func(c *Config) {
+		if mutate != nil {
+			defer mutate(c)
+		}
 		c.Admins = []string{tokenAdmin}
 		c.Providers = []ProviderConfig{{Name: BuiltinProvider, DNSSuffix: builtinSuffix}}
 		c.Services = []ServiceConfig{
