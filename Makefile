@@ -11,7 +11,7 @@ PROTOC_GEN_GO_GRPC_VERSION := v1.5.1
 
 APT_PACKAGES := softhsm2 opensc openssl protobuf-compiler
 
-.PHONY: all build test unit run bench proto proto-check lint images tools clean apt-tools go-tools
+.PHONY: all build test unit run bench proto proto-check lint images faulttest tools clean apt-tools go-tools
 
 all: build
 
@@ -94,9 +94,15 @@ run: build
 	CGO_ENABLED=0 $(GO) build -o $(BIN)/demo-client ./examples/demo-client
 	$(BIN)/meshctl dev up --dir $(CURDIR)/.dev --foreground
 
-## images: FROM scratch images of the binaries (no registry to pull from).
+## images: FROM scratch images of the binaries (no registry to pull from): meshca/<binary>:dev.
 images: build
 	hack/images.sh
+
+## faulttest: the container fault tests alone, Docker required. They build their images from
+## this tree with hack/images.sh (as `make images` does), so `make test` runs them too whenever
+## the Docker engine answers.
+faulttest:
+	MESHCA_REQUIRE_DOCKER=1 $(GO) test -race -count=1 -timeout 15m -v ./internal/faulttest/...
 
 clean:
 	rm -rf $(BIN) .dev
