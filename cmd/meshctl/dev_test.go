@@ -7,6 +7,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -19,6 +20,8 @@ import (
 	discovery "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 	secretservice "github.com/envoyproxy/go-control-plane/envoy/service/secret/v3"
 	"github.com/envoyproxy/go-control-plane/pkg/resource/v3"
+	"github.com/prometheus/common/expfmt"
+	"github.com/prometheus/common/model"
 	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
@@ -141,7 +144,7 @@ func testPlan(t *testing.T, dir string) *devPlan {
 	if err := o.check(); err != nil {
 		t.Fatal(err)
 	}
-	ports, err := freePorts(3*o.nodes + 4)
+	ports, err := freePorts(devPortCount(o.nodes))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -205,7 +208,7 @@ func TestDevPlanConfigs(t *testing.T) {
 	t.Run("a folder too deep for Unix sockets is refused", func(t *testing.T) {
 		o := p.o
 		o.dir = "/" + strings.Repeat("d", 100)
-		ports, _ := freePorts(13)
+		ports, _ := freePorts(devPortCount(o.nodes))
 		if _, err := newDevPlan(o, p.bins, ports, 1); !errors.Is(err, errUsage) || !strings.Contains(err.Error(), "Unix socket") {
 			t.Fatalf("err = %v", err)
 		}
@@ -509,6 +512,31 @@ func TestDevUpAndDown(t *testing.T) {
 		out, code := runIn(ctx, t, shellEnv, meshctl, "cluster", "status")
 		if code != 0 || !strings.Contains(out, "leader") || !strings.Contains(out, "n3") {
 			t.Fatalf("meshctl cluster status exited %d:\n%s", code, out)
+		}
+	})
+	t.Run("the provider confirmed the demo workloads", func(t *testing.T) {
+		resp, err := http.Get(env["MESHCA_PROVIDER_METRICS"])
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		parser := expfmt.NewTextParser(model.UTF8Validation)
+		fams, err := parser.TextToMetricFamilies(resp.Body)
+		if err != nil {
+			t.Fatal(err)
+		}
+		allowed := map[string]float64{}
+		for _, m := range fams["meshca_provider_confirmations_total"].GetMetric() {
+			labels := map[string]string{}
+			for _, l := range m.GetLabel() {
+				labels[l.GetName()] = l.GetValue()
+			}
+			if labels["answer"] == "allowed" {
+				allowed[labels["operation"]] += m.GetCounter().GetValue()
+			}
+		}
+		if allowed["register"] < 2 {
+			t.Fatalf("the provider allowed %v, want both demo registrations", allowed)
 		}
 	})
 	td := spiffeid.RequireTrustDomainFromString(devDefaultTrustDomain)

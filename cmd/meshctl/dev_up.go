@@ -131,26 +131,30 @@ type devPlan struct {
 	bins  devBinaries
 	uid   int
 	nodes []devNode
-	// providerAddr serves the confirm endpoint; demoAddr the demo server; the stats addresses
-	// the demo workloads' counts.
-	providerAddr, demoAddr, serverStatsAddr, clientStatsAddr string
+	// providerAddr serves the confirm endpoint and providerOpsAddr the provider's metrics and
+	// readiness; demoAddr the demo server; the stats addresses the demo workloads' counts.
+	providerAddr, providerOpsAddr, demoAddr, serverStatsAddr, clientStatsAddr string
 }
 
-// newDevPlan lays the cluster out in o.dir on the given free ports (3 per node, then 4).
+// devPortCount is how many ports a cluster of n nodes needs: 3 per node (gRPC, HTTPS,
+// cluster) and 5 more (the provider's two, the demo server and the demo workloads' stats).
+func devPortCount(nodes int) int { return 3*nodes + 5 }
+
+// newDevPlan lays the cluster out in o.dir on the given free ports (devPortCount).
 func newDevPlan(o devOptions, bins devBinaries, ports []string, uid int) (*devPlan, error) {
 	td, err := spiffeid.TrustDomainFromString(o.trustDomain)
 	if err != nil {
 		return nil, usageError("--trust-domain %q: %v", o.trustDomain, err)
 	}
-	if len(ports) != 3*o.nodes+4 {
-		return nil, fmt.Errorf("plan: %d ports for %d nodes, want %d", len(ports), o.nodes, 3*o.nodes+4)
+	if len(ports) != devPortCount(o.nodes) {
+		return nil, fmt.Errorf("plan: %d ports for %d nodes, want %d", len(ports), o.nodes, devPortCount(o.nodes))
 	}
 	p := &devPlan{o: o, td: td, bins: bins, uid: uid}
 	for i := range o.nodes {
 		p.nodes = append(p.nodes, devNode{id: fmt.Sprintf("n%d", i+1), grpc: ports[3*i], http: ports[3*i+1], clusterTo: ports[3*i+2]})
 	}
 	rest := ports[3*o.nodes:]
-	p.providerAddr, p.demoAddr, p.serverStatsAddr, p.clientStatsAddr = rest[0], rest[1], rest[2], rest[3]
+	p.providerAddr, p.providerOpsAddr, p.demoAddr, p.serverStatsAddr, p.clientStatsAddr = rest[0], rest[1], rest[2], rest[3], rest[4]
 	for _, s := range []string{p.sdsSocket(), p.workloadSocket(), p.agentAdminSocket(), p.demoServerSocket()} {
 		// sockaddr_un holds 108 bytes with the terminating NUL.
 		if len(s) > 107 {
@@ -315,7 +319,8 @@ func (p *devPlan) env() []envVar {
 		{"MESHCA_EXTEND_URL", "https://" + n1.http + controlplane.PathAuthenticators},
 		// go-spiffe clients read the Workload API address from here.
 		{"SPIFFE_ENDPOINT_SOCKET", workloadAPI},
-		{"MESHCA_AGENT_ADMIN_SOCKET", p.agentAdminSocket()},
+		{envAgentSocket, p.agentAdminSocket()},
+		{"MESHCA_PROVIDER_METRICS", "http://" + p.providerOpsAddr + "/metrics"},
 		{"MESHCA_DEMO_SERVER_STATS", "http://" + p.serverStatsAddr + "/stats"},
 		{"MESHCA_DEMO_CLIENT_STATS", "http://" + p.clientStatsAddr + "/stats"},
 	}
@@ -416,7 +421,7 @@ func devUp(ctx context.Context, o devOptions, out io.Writer) (err error) {
 	if err != nil {
 		return err
 	}
-	ports, err := freePorts(3*o.nodes + 4)
+	ports, err := freePorts(devPortCount(o.nodes))
 	if err != nil {
 		return err
 	}
@@ -692,14 +697,15 @@ func (p *devPlan) startProvider(ctx context.Context, sup *supervisor, out io.Wri
 	args := []string{
 		"serve", "-key", p.providerDocKey(), "-provider", devProvider, "-trust-domain", p.td.Name(),
 		"-listen", p.providerAddr, "-tls-cert", cert, "-tls-key", key, "-tls-bundle", bundle,
+		"-ops-listen", p.providerOpsAddr,
 	}
 	if _, err := sup.start("provider", p.bins.provider, args, p.path("provider", "provider.log")); err != nil {
 		return err
 	}
-	// The agent's readiness proves the provider: it holds the demo certificates only once the
-	// provider has confirmed them.
 	fmt.Fprintf(out, "started the provider %s at %s; the agent registers the demo workloads through it\n", devProvider, p.confirmURL())
-	return nil
+	return sup.waitFor(ctx, "the provider ready", func(ctx context.Context) error {
+		return httpOK(ctx, http.DefaultClient, "http://"+p.providerOpsAddr+"/readyz")
+	})
 }
 
 // unixHTTPClient talks HTTP over a Unix socket.

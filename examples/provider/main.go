@@ -7,13 +7,16 @@
 //	                [-provider sys.auth.example] [-ttl 5m] [-out FILE]
 //	provider serve  -key FILE -trust-domain TD -tls-cert FILE -tls-key FILE -tls-bundle FILE
 //	                [-provider sys.auth.example] [-listen 127.0.0.1:8444] [-max-ttl 0]
+//	                [-ops-listen 127.0.0.1:9444]
 //
 // keygen makes the provider's document key (ECDSA P-256, PKCS#8 PEM, 0600). issue prints a
 // document (an ES256 JWT) for one instance on standard output, or writes it to -out; a node
 // agent can run it as its identity_document command. serve answers the CA's confirm requests at
 // POST /confirm with the server certificate, key and trust bundle of the -tls-* files (meshca
 // issued them to the provider's own identity; they are read again when replaced), admitting
-// only CA nodes of the trust domain. SIGTERM or SIGINT stops it. It exits 2 for a bad command
+// only CA nodes of the trust domain; with -ops-listen it also serves /metrics
+// (meshca_provider_confirmations_total), /healthz and /readyz (a valid certificate and a
+// bundle are loaded) over plain HTTP. SIGTERM or SIGINT stops it. It exits 2 for a bad command
 // line, 1 for any other failure.
 package main
 
@@ -28,14 +31,16 @@ import (
 	"net/http"
 	"os"
 	"os/signal"
-	"path/filepath"
 	"syscall"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
 	"github.com/meshca/meshca/controlplane"
 	"github.com/meshca/meshca/examples/provider/launcher"
+	"github.com/meshca/meshca/sds"
 )
 
 // DefaultProvider is the provider's service identity unless -provider says otherwise.
@@ -60,7 +65,7 @@ func main() {
 const usage = `usage:
   provider keygen -key FILE
   provider issue  -key FILE -trust-domain TD -domain D -service S -instance ID [-provider P] [-ttl 5m] [-out FILE]
-  provider serve  -key FILE -trust-domain TD -tls-cert FILE -tls-key FILE -tls-bundle FILE [-provider P] [-listen ADDR] [-max-ttl D]`
+  provider serve  -key FILE -trust-domain TD -tls-cert FILE -tls-key FILE -tls-bundle FILE [-provider P] [-listen ADDR] [-max-ttl D] [-ops-listen ADDR]`
 
 // run runs one subcommand.
 func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
@@ -145,29 +150,7 @@ func issue(args []string, stdout, stderr io.Writer, now time.Time) error {
 		_, err := fmt.Fprintln(stdout, doc)
 		return err
 	}
-	return writeFileAtomic(*out, []byte(doc+"\n"), 0o600)
-}
-
-// writeFileAtomic replaces path with data, so an agent reading the document never sees half
-// of it.
-func writeFileAtomic(path string, data []byte, mode os.FileMode) error {
-	tmp, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".*")
-	if err != nil {
-		return err
-	}
-	defer os.Remove(tmp.Name())
-	if _, err := tmp.Write(data); err != nil {
-		tmp.Close()
-		return err
-	}
-	if err := tmp.Chmod(mode); err != nil {
-		tmp.Close()
-		return err
-	}
-	if err := tmp.Close(); err != nil {
-		return err
-	}
-	return os.Rename(tmp.Name(), path)
+	return sds.WriteFileAtomic(*out, []byte(doc+"\n"), 0o600)
 }
 
 func serve(ctx context.Context, args []string, stderr io.Writer) error {
@@ -180,6 +163,7 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 	tlsKeyFile := fs.String("tls-key", "", "the certificate's private key (PKCS#8 PEM)")
 	bundleFile := fs.String("tls-bundle", "", "the trust domain's root certificates (PEM)")
 	maxTTL := fs.Duration("max-ttl", 0, "cap the lifetime of confirmed certificates (0: leave it to the CA)")
+	opsListen := fs.String("ops-listen", "", "plain-HTTP address (keep it on loopback) for /metrics, /healthz and /readyz; none when empty")
 	if err := parse(fs, args, "key", "trust-domain", "tls-cert", "tls-key", "tls-bundle"); err != nil {
 		return err
 	}
@@ -212,27 +196,51 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 			return fmt.Errorf("-tls-cert %s names %s, but the CA accepts only %s as provider %s", *certFile, own.ID, want, *provider)
 		}
 	}
-	h := &launcher.Handler{Policy: &launcher.Policy{Provider: *provider, Verifier: verifier, MaxTTL: *maxTTL}, Log: log}
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	metrics, err := launcher.NewMetrics(reg)
+	if err != nil {
+		return err
+	}
+	h := &launcher.Handler{Policy: &launcher.Policy{Provider: *provider, Verifier: verifier, MaxTTL: *maxTTL}, Log: log, Metrics: metrics}
 	ln, err := net.Listen("tcp", *listen)
 	if err != nil {
 		return fmt.Errorf("-listen: %w", err)
 	}
-	srv := launcher.NewHTTPServer(h, src, td, log)
-	errc := make(chan error, 1)
-	go func() { errc <- srv.ServeTLS(ln, "", "") }()
+	servers := []*http.Server{launcher.NewHTTPServer(h, src, td, log)}
+	errc := make(chan error, 2)
+	go func() { errc <- servers[0].ServeTLS(ln, "", "") }()
 	log.Info("provider: serving", "provider", *provider, "confirm", "https://"+ln.Addr().String()+launcher.ConfirmPath)
+	if *opsListen != "" {
+		opsLn, err := net.Listen("tcp", *opsListen)
+		if err != nil {
+			servers[0].Close()
+			return fmt.Errorf("-ops-listen: %w", err)
+		}
+		ops := &http.Server{Handler: launcher.OpsHandler(reg, src, time.Now), ReadHeaderTimeout: 5 * time.Second}
+		servers = append(servers, ops)
+		go func() { errc <- ops.Serve(opsLn) }()
+		log.Info("provider: operations", "url", "http://"+opsLn.Addr().String())
+	}
+	var failed error
 	select {
-	case err := <-errc:
-		return err
+	case failed = <-errc:
 	case <-ctx.Done():
 	}
 	sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	if err := srv.Shutdown(sctx); err != nil {
-		srv.Close()
+	for _, srv := range servers {
+		if err := srv.Shutdown(sctx); err != nil {
+			srv.Close()
+		}
 	}
-	if err := <-errc; !errors.Is(err, http.ErrServerClosed) {
-		return err
+	if failed != nil {
+		return failed
+	}
+	for range servers {
+		if err := <-errc; !errors.Is(err, http.ErrServerClosed) {
+			return err
+		}
 	}
 	c := h.Counts()
 	log.Info("provider: stopped", "allowed", c.Allowed, "refused", c.Refused, "rejected", c.Rejected)

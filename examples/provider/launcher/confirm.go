@@ -11,6 +11,7 @@ import (
 	"time"
 	"unicode/utf8"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
 
 	"github.com/meshca/meshca/controlplane/confirm"
@@ -78,8 +79,51 @@ type Handler struct {
 	Now func() time.Time
 	// Log receives every decision; slog.Default() when nil.
 	Log *slog.Logger
+	// Metrics, when set, counts the answers for Prometheus.
+	Metrics *Metrics
 
 	allowed, refused, rejected atomic.Int64
+}
+
+// Answers counted by Metrics.
+const (
+	answerAllowed  = "allowed"
+	answerRefused  = "refused"
+	answerRejected = "rejected"
+)
+
+// Metrics are the confirm endpoint's Prometheus metrics.
+type Metrics struct {
+	confirmations *prometheus.CounterVec
+}
+
+// NewMetrics registers the provider's metrics on reg:
+// meshca_provider_confirmations_total{operation, answer}, answer being allowed, refused or
+// rejected (not a confirm request; operation "unknown").
+func NewMetrics(reg prometheus.Registerer) (*Metrics, error) {
+	m := &Metrics{confirmations: prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "meshca_provider_confirmations_total",
+		Help: "Confirm requests answered by the example provider, by operation and answer.",
+	}, []string{"operation", "answer"})}
+	if err := reg.Register(m.confirmations); err != nil {
+		return nil, fmt.Errorf("provider metrics: %w", err)
+	}
+	return m, nil
+}
+
+// count records one answer.
+func (h *Handler) count(operation, answer string) {
+	switch answer {
+	case answerAllowed:
+		h.allowed.Add(1)
+	case answerRefused:
+		h.refused.Add(1)
+	default:
+		h.rejected.Add(1)
+	}
+	if h.Metrics != nil {
+		h.Metrics.confirmations.WithLabelValues(operation, answer).Inc()
+	}
 }
 
 var _ http.Handler = (*Handler)(nil)
@@ -102,14 +146,14 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		}
 	}
 	if r.Method != http.MethodPost {
-		h.rejected.Add(1)
+		h.count("unknown", answerRejected)
 		w.Header().Set("Allow", http.MethodPost)
 		http.Error(w, "method: only POST is served", http.StatusMethodNotAllowed)
 		return
 	}
 	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, confirm.MaxRequestBytes))
 	if err != nil {
-		h.rejected.Add(1)
+		h.count("unknown", answerRejected)
 		var tooLarge *http.MaxBytesError
 		if errors.As(err, &tooLarge) {
 			http.Error(w, fmt.Sprintf("body: more than %d bytes", confirm.MaxRequestBytes), http.StatusRequestEntityTooLarge)
@@ -120,7 +164,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	req, err := confirm.DecodeRequest(body)
 	if err != nil {
-		h.rejected.Add(1)
+		h.count("unknown", answerRejected)
 		log.Warn("provider: rejected a malformed confirm request", "caller", caller, "error", err)
 		http.Error(w, err.Error(), http.StatusBadRequest)
 		return
@@ -132,10 +176,10 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	resp := h.Policy.Decide(req, now())
 	attrs := []any{"caller", caller, "operation", req.Operation, "identity", req.Domain + "." + req.Service, "instance_id", req.InstanceID, "client_addr", req.ClientAddr}
 	if resp.Allowed {
-		h.allowed.Add(1)
+		h.count(req.Operation, answerAllowed)
 		log.Info("provider: confirmed", attrs...)
 	} else {
-		h.refused.Add(1)
+		h.count(req.Operation, answerRefused)
 		log.Warn("provider: refused", append(attrs, "reason", resp.Reason)...)
 	}
 	w.Header().Set("Content-Type", "application/json")

@@ -5,15 +5,20 @@ import (
 	"context"
 	"crypto/tls"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"net"
 	"net/http"
+	"net/http/httptest"
 	"os"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/common/expfmt"
+	"github.com/prometheus/common/model"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"github.com/spiffe/go-spiffe/v2/spiffetls/tlsconfig"
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
@@ -32,6 +37,8 @@ type confirmFixture struct {
 	handler  *Handler
 	provider spiffeid.ID
 	node     *x509svid.SVID
+	src      *FileSource
+	reg      *prometheus.Registry
 }
 
 func startConfirm(t *testing.T, maxTTL time.Duration) (*confirmFixture, func(Instance, time.Time, time.Duration) string) {
@@ -51,7 +58,12 @@ func startConfirm(t *testing.T, maxTTL time.Duration) (*confirmFixture, func(Ins
 	if err != nil {
 		t.Fatal(err)
 	}
-	h := &Handler{Policy: &Policy{Provider: testProvider, Verifier: v, MaxTTL: maxTTL}, Now: func() time.Time { return t0 }, Log: log}
+	reg := prometheus.NewRegistry()
+	metrics, err := NewMetrics(reg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	h := &Handler{Policy: &Policy{Provider: testProvider, Verifier: v, MaxTTL: maxTTL}, Now: func() time.Time { return t0 }, Log: log, Metrics: metrics}
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -67,7 +79,7 @@ func startConfirm(t *testing.T, maxTTL time.Duration) (*confirmFixture, func(Ins
 	})
 	f := &confirmFixture{
 		ca: c, url: "https://" + ln.Addr().String() + ConfirmPath, addr: ln.Addr().String(), dir: dir, handler: h,
-		provider: own.ID, node: c.node("n1"),
+		provider: own.ID, node: c.node("n1"), src: src, reg: reg,
 	}
 	issue := func(in Instance, at time.Time, ttl time.Duration) string {
 		return issueDoc(t, testProvider, testTD, docKey, in, at, ttl)
@@ -255,4 +267,52 @@ func writeFile(path string, data []byte) error {
 		return err
 	}
 	return os.Rename(tmp, path)
+}
+
+// TestOpsEndpoints scrapes the provider's metrics with the Prometheus text parser after real
+// confirm calls, and holds /readyz to the certificate's validity.
+func TestOpsEndpoints(t *testing.T) {
+	f, issue := startConfirm(t, 0)
+	client := f.client(t, f.node)
+	good := issue(instance, t0, time.Minute)
+	for _, req := range []*confirm.Request{request(instance, good), request(instance, good), request(instance, "")} {
+		if _, err := client.Confirm(context.Background(), f.url, f.provider, req); err != nil {
+			t.Fatal(err)
+		}
+	}
+	now := time.Now()
+	get := func(h http.Handler, path string) *httptest.ResponseRecorder {
+		rec := httptest.NewRecorder()
+		h.ServeHTTP(rec, httptest.NewRequest(http.MethodGet, path, nil))
+		return rec
+	}
+	ops := OpsHandler(f.reg, f.src, func() time.Time { return now })
+	rec := get(ops, OpsMetricsPath)
+	parser := expfmt.NewTextParser(model.UTF8Validation)
+	fams, err := parser.TextToMetricFamilies(rec.Body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := map[string]float64{}
+	for _, m := range fams["meshca_provider_confirmations_total"].GetMetric() {
+		key := ""
+		for _, l := range m.GetLabel() {
+			key += l.GetName() + "=" + l.GetValue() + ","
+		}
+		got[key] = m.GetCounter().GetValue()
+	}
+	want := map[string]float64{"answer=allowed,operation=register,": 2, "answer=refused,operation=register,": 1}
+	if fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Fatalf("meshca_provider_confirmations_total = %v, want %v", got, want)
+	}
+	if rec := get(ops, OpsReadyPath); rec.Code != http.StatusOK {
+		t.Fatalf("/readyz with a valid certificate: %d %s", rec.Code, rec.Body)
+	}
+	if rec := get(ops, OpsHealthPath); rec.Code != http.StatusOK {
+		t.Fatalf("/healthz: %d", rec.Code)
+	}
+	late := OpsHandler(f.reg, f.src, func() time.Time { return now.Add(2 * time.Hour) })
+	if rec := get(late, OpsReadyPath); rec.Code != http.StatusServiceUnavailable || !strings.Contains(rec.Body.String(), "valid from") {
+		t.Fatalf("/readyz with an expired certificate: %d %s", rec.Code, rec.Body)
+	}
 }

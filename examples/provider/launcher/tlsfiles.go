@@ -10,6 +10,8 @@ import (
 	"sync"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"github.com/spiffe/go-spiffe/v2/spiffetls/tlsconfig"
@@ -152,4 +154,45 @@ func NewHTTPServer(h *Handler, src *FileSource, td spiffeid.TrustDomain, log *sl
 		ReadTimeout:       30 * time.Second,
 		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
 	}
+}
+
+// Ready reports why the provider cannot serve at now: no certificate that loads, one that is
+// expired or not yet valid, or no bundle. Nil means ready.
+func (s *FileSource) Ready(now time.Time) error {
+	svid, err := s.GetX509SVID()
+	if err != nil {
+		return err
+	}
+	leaf := svid.Certificates[0]
+	if now.Before(leaf.NotBefore) || now.After(leaf.NotAfter) {
+		return fmt.Errorf("certificate %s (serial %s) is valid from %s to %s, not at %s", s.certFile, leaf.SerialNumber.Text(16),
+			leaf.NotBefore.UTC().Format(time.RFC3339), leaf.NotAfter.UTC().Format(time.RFC3339), now.UTC().Format(time.RFC3339))
+	}
+	_, err = s.GetX509BundleForTrustDomain(s.td)
+	return err
+}
+
+// Ops paths of the provider's plain-HTTP operations port (keep it on loopback).
+const (
+	OpsMetricsPath = "/metrics"
+	OpsHealthPath  = "/healthz"
+	OpsReadyPath   = "/readyz"
+)
+
+// OpsHandler serves the provider's /metrics from gatherer, /healthz (200 while the process
+// serves) and /readyz (200 when src is Ready at now(), 503 with the reason otherwise).
+func OpsHandler(gatherer prometheus.Gatherer, src *FileSource, now func() time.Time) http.Handler {
+	mux := http.NewServeMux()
+	mux.Handle("GET "+OpsMetricsPath, promhttp.HandlerFor(gatherer, promhttp.HandlerOpts{}))
+	mux.HandleFunc("GET "+OpsHealthPath, func(w http.ResponseWriter, _ *http.Request) {
+		fmt.Fprintln(w, "ok")
+	})
+	mux.HandleFunc("GET "+OpsReadyPath, func(w http.ResponseWriter, _ *http.Request) {
+		if err := src.Ready(now()); err != nil {
+			http.Error(w, err.Error(), http.StatusServiceUnavailable)
+			return
+		}
+		fmt.Fprintln(w, "ready")
+	})
+	return mux
 }
