@@ -2,7 +2,9 @@ package raftstore
 
 import (
 	"bufio"
+	"encoding/hex"
 	"fmt"
+	"math/rand/v2"
 	"os"
 	"path/filepath"
 	"runtime"
@@ -142,6 +144,63 @@ func BenchmarkApply(b *testing.B) {
 		}
 		b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "cmds/s")
 	})
+}
+
+// BenchmarkApplyBatchSteadyState applies refreshes in batches of 64, as the leader hands them
+// over, to a state like a production node's after a while: 100,000 registered instances, the
+// receipt window and the event retention full (every command also evicts the oldest receipt and
+// event), and command ids, serials and key hashes random, as NewCommandID and the CA make them,
+// so every command touches its own part of each large table.
+func BenchmarkApplyBatchSteadyState(b *testing.B) {
+	const instances = 100_000
+	fx := newFSMFixture(b).setup()
+	rng := rand.New(rand.NewPCG(7, 8))
+	random := func(n int) string {
+		buf := make([]byte, n)
+		for i := range buf {
+			buf[i] = byte(rng.Uint32())
+		}
+		return hex.EncodeToString(buf)
+	}
+	serial := func() string { return "1" + random(15) } // positive, no leading zero
+	current := make([]string, instances)
+	log := func(body any) *raft.Log {
+		fx.index++
+		fx.now = fx.now.Add(time.Millisecond)
+		return &raft.Log{Index: fx.index, Term: 1, Type: raft.LogCommand, Data: mustMarshal(b, fxCommand(random(16), fx.now, body))}
+	}
+	batches := func(logs []*raft.Log, each func([]*raft.Log)) {
+		for start := 0; start < len(logs); start += 64 {
+			each(logs[start:min(start+64, len(logs))])
+		}
+	}
+	setup := make([]*raft.Log, instances)
+	for i := range setup {
+		current[i] = serial()
+		setup[i] = log(fx.register(fmt.Sprintf("pod-%d.ns-%d", i, i%100), current[i], random(8)))
+	}
+	batches(setup, func(logs []*raft.Log) { fx.fsm.ApplyBatch(logs) })
+	if sz := fx.state().Sizes(); sz.Instances != instances || sz.Receipts != DefaultFSMConfig().ReceiptWindow {
+		b.Fatalf("setup left %+v", sz)
+	}
+	logs := make([]*raft.Log, b.N)
+	for i := range logs {
+		id := int(uint64(i) * 7919 % instances)
+		next := serial()
+		logs[i] = log(fx.refresh(fmt.Sprintf("pod-%d.ns-%d", id, id%100), current[id], next, random(8)))
+		current[id] = next
+	}
+	results := make([]interface{}, 0, b.N)
+	b.ReportAllocs()
+	b.ResetTimer()
+	batches(logs, func(logs []*raft.Log) { results = append(results, fx.fsm.ApplyBatch(logs)...) })
+	b.StopTimer()
+	b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "cmds/s")
+	for i, r := range results {
+		if res := decodeResult(b, r.([]byte)); res.GetCode() != codeOK {
+			b.Fatalf("refresh %d: %v %s; the numbers would measure refusals", i, res.GetCode(), res.GetMessage())
+		}
+	}
 }
 
 // millionInstances builds a state holding n realistic Instance records (as a restore would).

@@ -112,7 +112,8 @@ func applyRegister(tx *txn, c *meshcav1.RecordRegisterCommand) outcome {
 	}
 	cert := c.GetCert() // decoded for this apply alone: completed and stored as it is
 	cert.Identity, cert.Instance, cert.Issued, cert.CsrRequest = Identity(ref.domain, ref.service), ref.key(), tx.now, ""
-	if o := tx.checkNewCert(field+".cert", cert, c.GetForceKeyReuse()); o != nil {
+	is, o := tx.checkNewCert(field+".cert", cert, c.GetForceKeyReuse())
+	if o != nil {
 		return *o
 	}
 
@@ -127,7 +128,7 @@ func applyRegister(tx *txn, c *meshcav1.RecordRegisterCommand) outcome {
 		detail = "registered again; serial " + existing.GetCurrentSerial() + " is no longer accepted for refresh"
 	}
 	tx.instances.Set(ref.slot(), inst)
-	tx.recordIssuance(cert)
+	tx.recordIssuance(is)
 	if tok != nil {
 		tx.markTokenUsed(tok)
 	}
@@ -155,7 +156,8 @@ func applyRefresh(tx *txn, c *meshcav1.RecordRefreshCommand) outcome {
 		return *o
 	}
 	sameKey := false
-	if cur, ok := tx.certs.Get(inst.GetCurrentSerial()); ok {
+	cur, haveCur := tx.certs.Get(inst.GetCurrentSerial())
+	if haveCur {
 		sameKey = bytes.Equal(cur.GetSpkiSha256(), c.GetCert().GetSpkiSha256())
 	}
 	decision, why := DecideRefresh(inst, c.GetPresentedSerial(), sameKey)
@@ -183,7 +185,11 @@ func applyRefresh(tx *txn, c *meshcav1.RecordRefreshCommand) outcome {
 	if tx.IsRevoked(c.GetPresentedSerial()) {
 		return refusal(codeCertRevoked, "%s.presented_serial: certificate %s is revoked", field, c.GetPresentedSerial())
 	}
-	if pc, ok := tx.certs.Get(c.GetPresentedSerial()); ok && tx.now >= pc.GetNotAfter() {
+	pc, ok := cur, haveCur // a rotation presents the current certificate
+	if c.GetPresentedSerial() != inst.GetCurrentSerial() {
+		pc, ok = tx.certs.Get(c.GetPresentedSerial())
+	}
+	if ok && tx.now >= pc.GetNotAfter() {
 		return refusal(codeCertExpired, "%s.presented_serial: certificate %s expired at %d (command time %d); an expired certificate cannot refresh, register again",
 			field, c.GetPresentedSerial(), pc.GetNotAfter(), tx.now)
 	}
@@ -193,7 +199,8 @@ func applyRefresh(tx *txn, c *meshcav1.RecordRefreshCommand) outcome {
 	cert := c.GetCert() // decoded for this apply alone: completed and stored as it is
 	cert.Identity, cert.Instance, cert.Issued, cert.CsrRequest = Identity(ref.domain, ref.service), ref.key(), tx.now, ""
 	reuseAllowed := c.GetForceKeyReuse() || decision == RefreshRetryPrevious && sameKey
-	if o := tx.checkNewCert(field+".cert", cert, reuseAllowed); o != nil {
+	is, o := tx.checkNewCert(field+".cert", cert, reuseAllowed)
+	if o != nil {
 		return *o
 	}
 
@@ -217,7 +224,7 @@ func applyRefresh(tx *txn, c *meshcav1.RecordRefreshCommand) outcome {
 		next.Hostname = c.GetHostname()
 	}
 	tx.instances.Set(ref.slot(), next)
-	tx.recordIssuance(cert)
+	tx.recordIssuance(is)
 	tx.event(meshcav1.EventKind_EVENT_KIND_REFRESHED, ref.key(), cert.GetSerial(), detail)
 	return success(next)
 }

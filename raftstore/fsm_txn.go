@@ -54,13 +54,20 @@ func (tx *txn) putCert(c *meshcav1.Cert) {
 	tx.certExpiry.Set(expiryKey(c.GetNotAfter(), c.GetSerial()), struct{}{})
 }
 
+// issuance is a new certificate that passed checkNewCert, ready to record.
+type issuance struct {
+	cert *meshcav1.Cert
+	// keyUsed: the certificate's key was used before (its reuse was allowed).
+	keyUsed bool
+}
+
 // recordIssuance stores a new certificate, the first use of its key (when new) and the
 // issuer's latest expiry.
-func (tx *txn) recordIssuance(c *meshcav1.Cert) {
+func (tx *txn) recordIssuance(is issuance) {
+	c := is.cert
 	tx.putCert(c)
-	spki := string(c.GetSpkiSha256())
-	if _, used := tx.keyUses.Get(spki); !used {
-		tx.keyUses.Set(spki, &meshcav1.KeyUse{
+	if !is.keyUsed {
+		tx.keyUses.Set(string(c.GetSpkiSha256()), &meshcav1.KeyUse{
 			SpkiSha256: c.GetSpkiSha256(), Serial: c.GetSerial(), Instance: c.GetInstance(),
 			FirstUsed: tx.now, NotAfter: c.GetNotAfter(),
 		})
@@ -156,21 +163,22 @@ func (tx *txn) checkCertShape(field string, c *meshcav1.Cert) *outcome {
 // checkNewCert validates a certificate record carried by a command and the rules every new
 // certificate follows: a fresh serial, a known issuer, and a public key not used before unless
 // reuseAllowed.
-func (tx *txn) checkNewCert(field string, c *meshcav1.Cert, reuseAllowed bool) *outcome {
+func (tx *txn) checkNewCert(field string, c *meshcav1.Cert, reuseAllowed bool) (issuance, *outcome) {
 	if o := tx.checkCertShape(field, c); o != nil {
-		return o
+		return issuance{}, o
 	}
 	if !tx.knownIssuer(c.GetIssuerId()) {
-		return deny(codeFailedPrecondition, "%s.issuer_id: %q is not an issuer of this CA (active, next or retired)", field, c.GetIssuerId())
+		return issuance{}, deny(codeFailedPrecondition, "%s.issuer_id: %q is not an issuer of this CA (active, next or retired)", field, c.GetIssuerId())
 	}
 	if _, dup := tx.certs.Get(c.GetSerial()); dup {
-		return deny(codeAlreadyExists, "%s.serial: %s was already issued", field, c.GetSerial())
+		return issuance{}, deny(codeAlreadyExists, "%s.serial: %s was already issued", field, c.GetSerial())
 	}
-	if ku, used := tx.keyUses.Get(string(c.GetSpkiSha256())); used && !reuseAllowed {
-		return deny(codeKeyReused, "%s.spki_sha256: public key %x was first used by serial %s; a new key is required unless reuse is forced",
+	ku, used := tx.keyUses.Get(string(c.GetSpkiSha256()))
+	if used && !reuseAllowed {
+		return issuance{}, deny(codeKeyReused, "%s.spki_sha256: public key %x was first used by serial %s; a new key is required unless reuse is forced",
 			field, c.GetSpkiSha256(), ku.GetSerial())
 	}
-	return nil
+	return issuance{cert: c, keyUsed: used}, nil
 }
 
 // checkLaunch checks at apply time that a provider exists, is enabled, and that the service
