@@ -12,6 +12,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -284,7 +285,7 @@ func TestStopProcesses(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() {
-		_ = other.rec.signal(9)
+		_ = other.rec.signal(syscall.SIGKILL)
 		<-other.exited
 	})
 	recorded, err := readProcesses(dir)
@@ -602,5 +603,36 @@ func TestDevUpAndDown(t *testing.T) {
 	}
 	if left, err := readProcesses(dir); err != nil || len(left) != 0 {
 		t.Fatalf("records left after dev down: %v, %v", left, err)
+	}
+}
+
+// TestDevUpStopsWhatItStartedWhenAPartFails gives dev up a server that dies at start: dev up
+// fails naming it with the end of its log, and leaves nothing running or recorded.
+func TestDevUpStopsWhatItStartedWhenAPartFails(t *testing.T) {
+	bin := t.TempDir()
+	scripts := map[string]string{
+		"meshca-server": "#!/bin/sh\necho 'config: listen.grpc: address already in use' >&2\nexit 3\n",
+		"meshca-agent":  "#!/bin/sh\nexit 1\n",
+		"provider":      "#!/bin/sh\nexit 1\n",
+		"demo-server":   "#!/bin/sh\nexit 1\n",
+		"demo-client":   "#!/bin/sh\nexit 1\n",
+	}
+	for name, body := range scripts {
+		if err := os.WriteFile(filepath.Join(bin, name), []byte(body), 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	dir := filepath.Join(t.TempDir(), "dev")
+	o := devOptions{dir: dir, nodes: 3, certTTL: time.Minute, trustDomain: "mesh.test", binDir: bin, wait: time.Minute, stopTimeout: time.Second, statusEvery: time.Second}
+	if err := o.check(); err != nil {
+		t.Fatal(err)
+	}
+	var out bytes.Buffer
+	err := devUp(context.Background(), o, &out)
+	if err == nil || !strings.Contains(err.Error(), "exited") || !strings.Contains(err.Error(), "address already in use") {
+		t.Fatalf("err = %v, want the node that exited and its log", err)
+	}
+	if procs, err := readProcesses(dir); err != nil || len(procs) != 0 {
+		t.Fatalf("records left: %v, %v", procs, err)
 	}
 }

@@ -433,8 +433,9 @@ func devUp(ctx context.Context, o devOptions, out io.Writer) (err error) {
 		return err
 	}
 	sup := &supervisor{dir: o.dir}
+	up := false
 	defer func() {
-		if err != nil {
+		if err != nil && !up {
 			fmt.Fprintf(out, "meshctl dev up failed; stopping what it started\n")
 			if stopErr := stopProcesses(sup.records(), o.stopTimeout, out); stopErr != nil {
 				err = errors.Join(err, stopErr)
@@ -476,9 +477,11 @@ func devUp(ctx context.Context, o devOptions, out io.Writer) (err error) {
 		return err
 	}
 	p.printSummary(out)
+	up = true
 	if !o.foreground {
 		return nil
 	}
+	// The foreground stops everything itself, however it ends.
 	return p.foreground(ctx, sup, out)
 }
 

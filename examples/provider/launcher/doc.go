@@ -19,7 +19,12 @@
 //
 // The endpoint is served with a server certificate the provider got from meshca for its own
 // service identity (e.g. sys.auth.example): FileSource reads it, its key and the trust bundle
-// from files and follows them when they are replaced, so whoever renews them (a node agent,
-// or meshctl dev) needs no restart of the provider. ServerTLSConfig admits only clients that
-// prove they are CA nodes of the trust domain.
+// from files and follows them when they are replaced, so whoever renews them needs no restart
+// of the provider. In `meshctl dev` that is the node agent: it registers the provider's
+// identity once with a one-time register token (the built-in provider sys.auth.meshca
+// confirms it), writes the certificate files, and refreshes them at half their life.
+// ServerTLSConfig admits only clients that prove they are CA nodes of the trust domain.
+//
+// OpsHandler serves the provider's /metrics (meshca_provider_confirmations_total), /healthz
+// and /readyz (a valid certificate and a bundle are loaded) for a loopback operations port.
 package launcher
