@@ -41,7 +41,7 @@ type confirmFixture struct {
 	reg      *prometheus.Registry
 }
 
-func startConfirm(t *testing.T, maxTTL time.Duration) (*confirmFixture, func(Instance, time.Time, time.Duration) string) {
+func startConfirm(t testing.TB, maxTTL time.Duration) (*confirmFixture, func(Instance, time.Time, time.Duration) string) {
 	t.Helper()
 	c := newTestCA(t, testTD)
 	dir := t.TempDir()
@@ -87,7 +87,7 @@ func startConfirm(t *testing.T, maxTTL time.Duration) (*confirmFixture, func(Ins
 	return f, issue
 }
 
-func (f *confirmFixture) client(t *testing.T, svid *x509svid.SVID) *confirm.Client {
+func (f *confirmFixture) client(t testing.TB, svid *x509svid.SVID) *confirm.Client {
 	t.Helper()
 	c := confirm.NewClient(svid, f.ca.bundle(), 5*time.Second)
 	t.Cleanup(c.CloseIdleConnections)

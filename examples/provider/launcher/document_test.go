@@ -26,7 +26,7 @@ var (
 	instance = Instance{Domain: "sports", Service: "api", InstanceID: "pod-1.ns.cluster-a"}
 )
 
-func newKey(t *testing.T) *ecdsa.PrivateKey {
+func newKey(t testing.TB) *ecdsa.PrivateKey {
 	t.Helper()
 	k, err := GenerateKey()
 	if err != nil {
@@ -35,7 +35,7 @@ func newKey(t *testing.T) *ecdsa.PrivateKey {
 	return k
 }
 
-func issueDoc(t *testing.T, provider, audience string, key *ecdsa.PrivateKey, in Instance, at time.Time, ttl time.Duration) string {
+func issueDoc(t testing.TB, provider, audience string, key *ecdsa.PrivateKey, in Instance, at time.Time, ttl time.Duration) string {
 	t.Helper()
 	iss, err := NewIssuer(provider, audience, key)
 	if err != nil {

@@ -27,13 +27,13 @@ import (
 // issues the provider's certificate with the same policy the cluster uses, and CA-node client
 // certificates like a meshca-server node's.
 type testCA struct {
-	t    *testing.T
+	t    testing.TB
 	td   spiffeid.TrustDomain
 	iss  *ca.Issuer
 	auth *ca.Authority
 }
 
-func newTestCA(t *testing.T, td string) *testCA {
+func newTestCA(t testing.TB, td string) *testCA {
 	t.Helper()
 	root, err := signer.GenerateSoftware(signer.ECDSAP256)
 	if err != nil {
@@ -162,7 +162,7 @@ func (c *testCA) svid(chain [][]byte, key crypto.Signer) *x509svid.SVID {
 
 // writeSVID writes an SVID's chain and key (PKCS#8) into dir/cert.pem and dir/key.pem, each
 // replaced atomically (the key first), as an agent or meshctl dev would renew them.
-func writeSVID(t *testing.T, dir string, s *x509svid.SVID) (certFile, keyFile string) {
+func writeSVID(t testing.TB, dir string, s *x509svid.SVID) (certFile, keyFile string) {
 	t.Helper()
 	certPEM, keyPEM, err := s.Marshal()
 	if err != nil {
@@ -185,7 +185,7 @@ func writeSVID(t *testing.T, dir string, s *x509svid.SVID) (certFile, keyFile st
 }
 
 // pemKey encodes a private key as PKCS#8 PEM.
-func pemKey(t *testing.T, key crypto.Signer) []byte {
+func pemKey(t testing.TB, key crypto.Signer) []byte {
 	t.Helper()
 	der, err := x509.MarshalPKCS8PrivateKey(key)
 	if err != nil {
