@@ -11,6 +11,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"syscall"
 	"testing"
@@ -371,8 +372,12 @@ func devBinDir(t *testing.T) string {
 			t.Fatal(err)
 		}
 	}
+	gobin := filepath.Join(runtime.GOROOT(), "bin", "go")
+	if p, err := exec.LookPath("go"); err == nil {
+		gobin = p
+	}
 	for _, name := range []string{"provider", "demo-server", "demo-client"} {
-		cmd := exec.Command("go", "build", "-o", filepath.Join(dir, name), "github.com/meshca/meshca/examples/"+name)
+		cmd := exec.Command(gobin, "build", "-o", filepath.Join(dir, name), "github.com/meshca/meshca/examples/"+name)
 		cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
 		if out, err := cmd.CombinedOutput(); err != nil {
 			t.Fatalf("go build examples/%s: %v\n%s", name, err, out)
