@@ -105,8 +105,8 @@ func TestFaults(t *testing.T) {
 		lost += s.lost
 	}
 	ld.l.count(func(l *ledger) {
-		fmt.Fprintf(&b, "\n  faults survived: %d; acknowledged issuances: %d (%d refreshes racing on one serial, %d of them acknowledged); unanswered calls: %d; instances revoked after two unanswered refreshes: %d; acknowledged issuances lost: %d",
-			len(done), len(l.acks), 2*l.races, l.raceWins, l.unanswered, l.revokedAfterLost, lost)
+		fmt.Fprintf(&b, "\n  faults survived: %d; calls: %d; acknowledged issuances: %d (%d refreshes racing on one serial, %d of them acknowledged); unanswered calls: %d; instances revoked after two unanswered refreshes: %d; acknowledged issuances lost: %d",
+			len(done), ld.calls.Load(), len(l.acks), 2*l.races, l.raceWins, l.unanswered, l.revokedAfterLost, lost)
 	})
 	fmt.Fprintf(&b, "\n  time to resume (sorted): %s (goal < 3s)", durations(resumes))
 	t.Logf("fault summary:%s", b.String())
@@ -187,7 +187,9 @@ func partitionLeader(t *testing.T, c *cluster, ld *loadClient) time.Duration {
 		t0 := time.Now()
 		probeDone := make(chan error, 1)
 		go func() {
-			_, err := ld.callRefreshWithin(old, probe.cert, probe.csr(probe.next), minorityTimeout)
+			ctx, cancel := context.WithTimeout(context.Background(), minorityTimeout)
+			defer cancel()
+			_, err := ld.callRefresh(ctx, old, probe.cert, probe.csr(probe.next))
 			probeDone <- err
 		}()
 		var first ack

@@ -41,6 +41,9 @@ const (
 	failurePause = 100 * time.Millisecond
 	// racePause paces the racer, keeping races a small share of the load.
 	racePause = 200 * time.Millisecond
+	// maxCalls bounds the calls of one test's load client (the whole suite makes about
+	// 1,000); a call past it is refused by the client itself, which fails the test.
+	maxCalls = 20000
 )
 
 // ack is an issuance the client was answered with a certificate for.
@@ -162,6 +165,7 @@ type loadClient struct {
 	l       *ledger
 	workers [][]*workload
 	ids     atomic.Int64
+	calls   atomic.Int64
 	stopc   chan struct{}
 	wg      sync.WaitGroup
 }
@@ -254,8 +258,10 @@ func (ld *loadClient) race() {
 			wg.Add(1)
 			go func() {
 				defer wg.Done()
+				ctx, cancel := context.WithTimeout(context.Background(), callTimeout)
+				defer cancel()
 				start := time.Now()
-				resp, err := ld.callRefresh(n, in.cert, in.csr(key))
+				resp, err := ld.callRefresh(ctx, n, in.cert, in.csr(key))
 				if err == nil {
 					if _, err := tlsCert(resp, key); err != nil {
 						ld.l.violate("race refresh of %s through %s: %v", in.id, n.id, err)
@@ -282,13 +288,20 @@ func (ld *loadClient) newWorkload() *workload {
 	return &workload{id: id, names: names}
 }
 
-// register asks n for the instance's first certificate with a new key. A refusal is a
-// violation: the provider admits every instance of the load. It reports whether the
-// instance has a certificate now.
+// register asks n for the instance's first certificate with a new key, within callTimeout.
+// A refusal is a violation: the provider admits every instance of the load. It reports
+// whether the instance has a certificate now.
 func (ld *loadClient) register(n *node, in *workload) bool {
+	ctx, cancel := context.WithTimeout(context.Background(), callTimeout)
+	defer cancel()
+	return ld.registerCtx(ctx, n, in)
+}
+
+// registerCtx is register within ctx.
+func (ld *loadClient) registerCtx(ctx context.Context, n *node, in *workload) bool {
 	key := newKey()
 	start := time.Now()
-	resp, err := ld.callRegister(n, in, key)
+	resp, err := ld.callRegister(ctx, n, in, key)
 	if err != nil {
 		ld.failed(n, in, "register", err)
 		return false
@@ -309,8 +322,10 @@ func (ld *loadClient) refresh(n *node, in *workload) (ok, keep bool) {
 	if in.next == nil {
 		in.next, in.lost = newKey(), 0
 	}
+	ctx, cancel := context.WithTimeout(context.Background(), callTimeout)
+	defer cancel()
 	start := time.Now()
-	resp, err := ld.callRefresh(n, in.cert, in.csr(in.next))
+	resp, err := ld.callRefresh(ctx, n, in.cert, in.csr(in.next))
 	if err != nil {
 		if unanswered(err) {
 			in.lost++
@@ -355,8 +370,8 @@ func unanswered(err error) bool {
 	return false
 }
 
-func (ld *loadClient) callRegister(n *node, in *workload, key crypto.Signer) (*meshcav1.IdentityResponse, error) {
-	return ld.call(n, nil, callTimeout, func(ctx context.Context, c meshcav1.IdentityClient) (*meshcav1.IdentityResponse, error) {
+func (ld *loadClient) callRegister(ctx context.Context, n *node, in *workload, key crypto.Signer) (*meshcav1.IdentityResponse, error) {
+	return ld.call(ctx, n, nil, func(ctx context.Context, c meshcav1.IdentityClient) (*meshcav1.IdentityResponse, error) {
 		return c.Register(ctx, &meshcav1.RegisterRequest{
 			Provider: providerName, Domain: domainName, Service: serviceName,
 			AttestationData: []byte("doc:" + in.id), Csr: in.csr(key),
@@ -364,26 +379,23 @@ func (ld *loadClient) callRegister(n *node, in *workload, key crypto.Signer) (*m
 	})
 }
 
-func (ld *loadClient) callRefresh(n *node, cert *tls.Certificate, csr []byte) (*meshcav1.IdentityResponse, error) {
-	return ld.callRefreshWithin(n, cert, csr, callTimeout)
-}
-
-func (ld *loadClient) callRefreshWithin(n *node, cert *tls.Certificate, csr []byte, timeout time.Duration) (*meshcav1.IdentityResponse, error) {
-	return ld.call(n, cert, timeout, func(ctx context.Context, c meshcav1.IdentityClient) (*meshcav1.IdentityResponse, error) {
+func (ld *loadClient) callRefresh(ctx context.Context, n *node, cert *tls.Certificate, csr []byte) (*meshcav1.IdentityResponse, error) {
+	return ld.call(ctx, n, cert, func(ctx context.Context, c meshcav1.IdentityClient) (*meshcav1.IdentityResponse, error) {
 		return c.Refresh(ctx, &meshcav1.RefreshRequest{Csr: csr})
 	})
 }
 
-// call makes one identity call on a connection of its own, presenting cert when it is not
-// nil (a refresh is authenticated with the instance's current certificate).
-func (ld *loadClient) call(n *node, cert *tls.Certificate, timeout time.Duration, f func(context.Context, meshcav1.IdentityClient) (*meshcav1.IdentityResponse, error)) (*meshcav1.IdentityResponse, error) {
+// call makes one identity call within ctx on a connection of its own, presenting cert when
+// it is not nil (a refresh is authenticated with the instance's current certificate).
+func (ld *loadClient) call(ctx context.Context, n *node, cert *tls.Certificate, f func(context.Context, meshcav1.IdentityClient) (*meshcav1.IdentityResponse, error)) (*meshcav1.IdentityResponse, error) {
+	if ld.calls.Add(1) > maxCalls {
+		return nil, status.Errorf(codes.ResourceExhausted, "load client: the cap of %d calls is reached", maxCalls)
+	}
 	cc, err := grpc.NewClient(n.grpcAddr, grpc.WithTransportCredentials(credentials.NewTLS(ld.c.ca.TLSConfig(cert))))
 	if err != nil {
 		return nil, err
 	}
 	defer cc.Close()
-	ctx, cancel := context.WithTimeout(context.Background(), timeout)
-	defer cancel()
 	return f(ctx, meshcav1.NewIdentityClient(cc))
 }
 
@@ -437,10 +449,20 @@ func (ld *loadClient) waitAnswered(tb testing.TB, t time.Time, n int) {
 	})
 }
 
-// waitResumed waits for the first answer to a call sent at or after t0, and returns how long
-// after t0 it arrived.
+// waitResumed measures how long after t0 issuance resumed. Besides the load's own calls, a
+// prober per node registers a new instance through it at once, retrying until one is
+// answered: a worker may be held up by a call to a node that cannot answer, a prober is not.
+// The earliest answer to a call sent at or after t0 decides. The probers are stopped before
+// it returns.
 func (ld *loadClient) waitResumed(tb testing.TB, t0 time.Time) (time.Duration, ack) {
 	tb.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), clustertest.WaitTimeout)
+	var wg sync.WaitGroup
+	for _, n := range ld.c.nodes {
+		wg.Add(1)
+		go func() { defer wg.Done(); ld.probe(ctx, n) }()
+	}
+	defer func() { cancel(); wg.Wait() }()
 	var first ack
 	clustertest.Poll(tb, "issuance to resume", func() error {
 		a, ok := ld.l.firstStartedAfter(t0)
@@ -451,6 +473,19 @@ func (ld *loadClient) waitResumed(tb testing.TB, t0 time.Time) (time.Duration, a
 		return nil
 	})
 	return first.done.Sub(t0), first
+}
+
+// probe registers new instances through n until one is answered or ctx ends.
+func (ld *loadClient) probe(ctx context.Context, n *node) {
+	for ctx.Err() == nil {
+		if ld.registerCtx(ctx, n, ld.newWorkload()) {
+			return
+		}
+		select {
+		case <-ctx.Done():
+		case <-time.After(failurePause):
+		}
+	}
 }
 
 // verify checks the ledger against every node, with the load stopped: the nodes converge on
