@@ -5,8 +5,11 @@ package main
 import (
 	"bytes"
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"fmt"
+	"io"
 	"net/http"
 	"os"
 	"os/exec"
@@ -24,6 +27,7 @@ import (
 	"github.com/envoyproxy/go-control-plane/pkg/resource/v3"
 	"github.com/prometheus/common/expfmt"
 	"github.com/prometheus/common/model"
+	"github.com/spiffe/go-spiffe/v2/bundle/spiffebundle"
 	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
@@ -560,6 +564,48 @@ func TestDevUpAndDown(t *testing.T) {
 		}
 		if svid.ID != client {
 			t.Fatalf("the Workload API gave %s, want %s", svid.ID, client)
+		}
+	})
+	t.Run("the env's bundle and extend URLs answer", func(t *testing.T) {
+		roots, err := os.ReadFile(env["MESHCA_CA_BUNDLE"])
+		if err != nil {
+			t.Fatal(err)
+		}
+		pool := x509.NewCertPool()
+		if !pool.AppendCertsFromPEM(roots) {
+			t.Fatalf("%s holds no certificate", env["MESHCA_CA_BUNDLE"])
+		}
+		svid, err := workloadapi.FetchX509SVID(ctx, workloadapi.WithAddr(env["MESHCA_WORKLOAD_API"]))
+		if err != nil {
+			t.Fatal(err)
+		}
+		cert := tls.Certificate{PrivateKey: svid.PrivateKey, Leaf: svid.Certificates[0]}
+		for _, c := range svid.Certificates {
+			cert.Certificate = append(cert.Certificate, c.Raw)
+		}
+		hc := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{
+			TLSClientConfig: &tls.Config{RootCAs: pool, Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12},
+		}}
+		defer hc.CloseIdleConnections()
+		get := func(url string) string {
+			t.Helper()
+			resp, err := hc.Get(url)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer resp.Body.Close()
+			body, _ := io.ReadAll(resp.Body)
+			if resp.StatusCode != http.StatusOK {
+				t.Fatalf("GET %s: %s %s", url, resp.Status, body)
+			}
+			return string(body)
+		}
+		bundle, err := spiffebundle.Parse(td, []byte(get(env["MESHCA_BUNDLE_URL"])))
+		if err != nil || len(bundle.X509Authorities()) == 0 {
+			t.Fatalf("the bundle endpoint: %v", err)
+		}
+		if body := get(env["MESHCA_EXTEND_URL"]); !strings.Contains(body, client.String()) {
+			t.Fatalf("the extend API lists %s, want the demo client's authenticator", body)
 		}
 	})
 	t.Run("the demo does mTLS across rotations without a failed handshake", func(t *testing.T) {
