@@ -185,7 +185,8 @@ func (f *FSM) applyCommand(s *State, index uint64, data []byte) []byte {
 		return encodeResult(index, refusal(meshcav1.ResultCode_RESULT_CODE_INVALID_COMMAND,
 			"id: %v (every command carries a client-chosen id)", err).res)
 	}
-	if r, ok := s.receipts.Get(cmd.GetId()); ok {
+	if seq, ok := s.receiptSeq[cmd.GetId()]; ok {
+		r, _ := s.receipts.Get(seq)
 		return r.GetResult()
 	}
 	res := f.execute(s, cmd)
@@ -323,19 +324,17 @@ func unknownFields(m proto.Message) string {
 func (f *FSM) remember(s *State, id string, result []byte) {
 	seq := s.nextReceipt
 	s.nextReceipt++
-	s.receipts.Set(id, &meshcav1.CommandReceipt{Id: id, Sequence: seq, Result: result})
-	s.receiptOrder.Set(seq, id)
+	s.receipts.Set(seq, &meshcav1.CommandReceipt{Id: id, Sequence: seq, Result: result})
+	s.receiptSeq[id] = seq
 	s.receiptBytes += len(result)
 	for s.receipts.Len() > f.cfg.ReceiptWindow || s.receiptBytes > f.cfg.ReceiptBytes && s.receipts.Len() > 1 {
-		oldSeq, oldID, ok := s.receiptOrder.first()
+		oldSeq, old, ok := s.receipts.first()
 		if !ok {
 			break
 		}
-		if old, ok := s.receipts.Get(oldID); ok {
-			s.receiptBytes -= len(old.GetResult())
-		}
-		s.receiptOrder.Delete(oldSeq)
-		s.receipts.Delete(oldID)
+		s.receiptBytes -= len(old.GetResult())
+		delete(s.receiptSeq, old.GetId())
+		s.receipts.Delete(oldSeq)
 	}
 }
 

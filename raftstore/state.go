@@ -36,10 +36,14 @@ type State struct {
 	nonces      table[string, *meshcav1.Nonce] // scope NUL nonce
 	csrRequests table[string, *meshcav1.CSRRequest]
 	events      table[uint64, *meshcav1.Event]
-	receipts    table[string, *meshcav1.CommandReceipt]
+	// receipts by sequence: the window is appended at one end and forgotten at the other.
+	receipts table[uint64, *meshcav1.CommandReceipt]
 
 	// Derived indexes, rebuilt on restore and not part of snapshots or the state hash.
-	receiptOrder table[uint64, string] // receipt sequence → command id
+	//
+	// receiptSeq finds a command id's receipt for the writer's deduplication. It is a plain map
+	// (random command ids would copy a B-tree leaf per command); only the working state has one.
+	receiptSeq map[string]uint64
 	// certExpiry also prunes the key use a certificate first made and its revocation: both
 	// end with the certificate.
 	certExpiry  table[string, struct{}] // expiryKey(not_after, serial)
@@ -63,25 +67,24 @@ type stateVars struct {
 // emptyState is the state of a new cluster, frozen.
 func emptyState() *State {
 	return &State{
-		stateVars:    stateVars{nextEvent: 1, nextReceipt: 1},
-		domains:      newTable[string, *meshcav1.Domain](),
-		services:     newTable[string, *meshcav1.Service](),
-		providers:    newTable[string, *meshcav1.Provider](),
-		instances:    newTable[string, *meshcav1.Instance](),
-		certs:        newTable[string, *meshcav1.Cert](),
-		keyUses:      newTable[string, *meshcav1.KeyUse](),
-		revocations:  newTable[string, *meshcav1.Revocation](),
-		issuerUses:   newTable[string, *meshcav1.IssuerUse](),
-		federations:  newTable[string, *meshcav1.Federation](),
-		tokens:       newTable[string, *meshcav1.Token](),
-		nonces:       newTable[string, *meshcav1.Nonce](),
-		csrRequests:  newTable[string, *meshcav1.CSRRequest](),
-		events:       newTable[uint64, *meshcav1.Event](),
-		receipts:     newTable[string, *meshcav1.CommandReceipt](),
-		receiptOrder: newTable[uint64, string](),
-		certExpiry:   newTable[string, struct{}](),
-		tokenExpiry:  newTable[string, struct{}](),
-		nonceExpiry:  newTable[string, struct{}](),
+		stateVars:   stateVars{nextEvent: 1, nextReceipt: 1},
+		domains:     newTable[string, *meshcav1.Domain](),
+		services:    newTable[string, *meshcav1.Service](),
+		providers:   newTable[string, *meshcav1.Provider](),
+		instances:   newTable[string, *meshcav1.Instance](),
+		certs:       newTable[string, *meshcav1.Cert](),
+		keyUses:     newTable[string, *meshcav1.KeyUse](),
+		revocations: newTable[string, *meshcav1.Revocation](),
+		issuerUses:  newTable[string, *meshcav1.IssuerUse](),
+		federations: newTable[string, *meshcav1.Federation](),
+		tokens:      newTable[string, *meshcav1.Token](),
+		nonces:      newTable[string, *meshcav1.Nonce](),
+		csrRequests: newTable[string, *meshcav1.CSRRequest](),
+		events:      newTable[uint64, *meshcav1.Event](),
+		receipts:    newTable[uint64, *meshcav1.CommandReceipt](),
+		certExpiry:  newTable[string, struct{}](),
+		tokenExpiry: newTable[string, struct{}](),
+		nonceExpiry: newTable[string, struct{}](),
 	}
 }
 
@@ -95,7 +98,7 @@ func (s *State) freeze() *State {
 		revocations: s.revocations.frozen(), issuerUses: s.issuerUses.frozen(),
 		federations: s.federations.frozen(), tokens: s.tokens.frozen(), nonces: s.nonces.frozen(),
 		csrRequests: s.csrRequests.frozen(), events: s.events.frozen(), receipts: s.receipts.frozen(),
-		receiptOrder: s.receiptOrder.frozen(), certExpiry: s.certExpiry.frozen(),
+		certExpiry:  s.certExpiry.frozen(),
 		tokenExpiry: s.tokenExpiry.frozen(), nonceExpiry: s.nonceExpiry.frozen(),
 	}
 }
@@ -104,14 +107,20 @@ func (s *State) freeze() *State {
 // before s is published (see table.working).
 func (s *State) thaw() *State {
 	j := &journal{}
+	seq := make(map[string]uint64, s.receipts.Len())
+	s.receipts.scan(func(n uint64, r *meshcav1.CommandReceipt) bool {
+		seq[r.GetId()] = n
+		return true
+	})
 	return &State{
-		stateVars: s.stateVars, j: j,
+		receiptSeq: seq,
+		stateVars:  s.stateVars, j: j,
 		domains: s.domains.working(j), services: s.services.working(j), providers: s.providers.working(j),
 		instances: s.instances.working(j), certs: s.certs.working(j), keyUses: s.keyUses.working(j),
 		revocations: s.revocations.working(j), issuerUses: s.issuerUses.working(j),
 		federations: s.federations.working(j), tokens: s.tokens.working(j), nonces: s.nonces.working(j),
 		csrRequests: s.csrRequests.working(j), events: s.events.working(j), receipts: s.receipts.working(j),
-		receiptOrder: s.receiptOrder.working(j), certExpiry: s.certExpiry.working(j),
+		certExpiry:  s.certExpiry.working(j),
 		tokenExpiry: s.tokenExpiry.working(j), nonceExpiry: s.nonceExpiry.working(j),
 	}
 }
@@ -333,9 +342,21 @@ func (s *State) Events(from uint64, limit int) []*meshcav1.Event {
 // LastEventIndex is the index of the newest event, 0 if none was ever recorded.
 func (s *State) LastEventIndex() uint64 { return s.nextEvent - 1 }
 
-// Receipt returns the remembered result of a command id, if it is still in the window.
+// Receipt returns the remembered result of a command id, if it is still in the window. It walks
+// the window, newest last: a diagnostic read (the state machine finds a retried command's
+// receipt through its own index).
 func (s *State) Receipt(commandID string) (*meshcav1.CommandReceipt, error) {
-	return get(&s.receipts, "command", commandID)
+	var found *meshcav1.CommandReceipt
+	s.receipts.scan(func(_ uint64, r *meshcav1.CommandReceipt) bool {
+		if r.GetId() == commandID {
+			found = r
+		}
+		return found == nil
+	})
+	if found == nil {
+		return nil, notFound("command", commandID)
+	}
+	return clone(found), nil
 }
 
 // Sizes counts the records of each kind.

@@ -17,7 +17,8 @@ import (
 
 // A snapshot is a stream of length-delimited SnapshotRecord messages (a uvarint byte count,
 // then the message: the format of google.golang.org/protobuf/encoding/protodelim): a header,
-// the counters, the CA, then every record table by table in key order, then a trailer with the
+// the counters, the CA, then every record table by table in key order (command receipts in
+// sequence order), then a trailer with the
 // record count and the SHA-256 of the framed records between header and trailer. That SHA-256
 // is the state hash: the same state always gives the same bytes.
 
@@ -294,8 +295,7 @@ func (b *stateBuilder) add(rec *meshcav1.SnapshotRecord) error {
 	case *meshcav1.SnapshotRecord_Event:
 		b.s.events.load(r.Event.GetIndex(), r.Event)
 	case *meshcav1.SnapshotRecord_Receipt:
-		b.s.receipts.load(r.Receipt.GetId(), r.Receipt)
-		b.s.receiptOrder.load(r.Receipt.GetSequence(), r.Receipt.GetId())
+		b.s.receipts.load(r.Receipt.GetSequence(), r.Receipt)
 		b.s.receiptBytes += len(r.Receipt.GetResult())
 	default:
 		return fmt.Errorf("%w: unexpected record %T", ErrCorruptSnapshot, r)
