@@ -126,6 +126,10 @@ var statusRules = []statusRule{
 // classify returns the gRPC code and the metrics reason of an error.
 func classify(err error) (codes.Code, string) {
 	switch {
+	case errors.Is(err, raftstore.ErrUnavailable):
+		// A proposal that gave up waiting for a leader wraps the deadline too; the caller
+		// must learn the cluster is unavailable (retry elsewhere), not that it was slow.
+		return codes.Unavailable, "unavailable"
 	case errors.Is(err, context.DeadlineExceeded):
 		return codes.DeadlineExceeded, "deadline_exceeded"
 	case errors.Is(err, context.Canceled):

@@ -44,6 +44,7 @@ func TestStatusMapping(t *testing.T) {
 		{"failed precondition stays failed precondition", cmdErr(meshcav1.ResultCode_RESULT_CODE_FAILED_PRECONDITION, "x"), codes.FailedPrecondition, "failed_precondition"},
 		{"invalid command is invalid argument", cmdErr(meshcav1.ResultCode_RESULT_CODE_INVALID_COMMAND, "x"), codes.InvalidArgument, "invalid_argument"},
 		{"no quorum is unavailable", fmt.Errorf("propose: %w", raftstore.ErrNoLeader), codes.Unavailable, "unavailable"},
+		{"no quorum after waiting is still unavailable", fmt.Errorf("propose: %w (gave up: %w)", raftstore.ErrNoLeader, context.DeadlineExceeded), codes.Unavailable, "unavailable"},
 		{"policy violation is invalid argument", policy.Violations{{Field: "csr", Rule: "x", Err: policy.ErrSANNotAllowed}}, codes.InvalidArgument, "csr_san"},
 		{"rate limit is resource exhausted", refuse(ErrRateLimited, "instance", "x"), codes.ResourceExhausted, "rate_limited"},
 		{"an explicit reason wins", refuseAs("provider_unknown", raftstore.ErrNotFound, "provider", "x"), codes.NotFound, "provider_unknown"},
