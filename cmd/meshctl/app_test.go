@@ -214,3 +214,15 @@ func TestRunCommandLineErrors(t *testing.T) {
 		})
 	}
 }
+
+func TestEveryCommandGroupIsReachable(t *testing.T) {
+	paths := map[string]bool{}
+	for _, c := range commandTable() {
+		paths[c.path] = true
+	}
+	for _, want := range []string{"domain add", "cluster status", "dev up", "dev down", "agent secrets", "events watch"} {
+		if !paths[want] {
+			t.Errorf("meshctl %s is not in the command table", want)
+		}
+	}
+}

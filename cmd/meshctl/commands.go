@@ -19,6 +19,7 @@ func commandTable() []*command {
 		clusterCommands(),
 		eventCommands(),
 		devCommands(),
+		agentCommands(),
 	} {
 		all = append(all, group...)
 	}
