@@ -44,6 +44,9 @@ build:
 	CGO_ENABLED=0 $(GO) build -o $(BIN)/meshca-agent ./cmd/meshca-agent
 	CGO_ENABLED=0 $(GO) build -o $(BIN)/meshctl ./cmd/meshctl
 	CGO_ENABLED=1 $(GO) build -o $(BIN)/meshca-server ./cmd/meshca-server
+	CGO_ENABLED=0 $(GO) build -o $(BIN)/provider ./examples/provider
+	CGO_ENABLED=0 $(GO) build -o $(BIN)/demo-server ./examples/demo-server
+	CGO_ENABLED=0 $(GO) build -o $(BIN)/demo-client ./examples/demo-client
 
 ## proto: regenerate api/**/*.pb.go with the pinned plugins.
 proto: apt-tools go-tools
@@ -84,14 +87,11 @@ unit:
 
 ## bench: the benchmarks; writes bench/results.json.
 bench: tools
-	$(GO) test -run '^$$' -bench . -benchtime 2s -count 1 ./... | tee bench/last-run.txt
+	hack/bench.sh
 
 ## run: a local 3-node cluster, the example provider, an agent and demo workloads, in the
 ## foreground (Ctrl-C stops everything; data and logs stay in .dev).
 run: build
-	CGO_ENABLED=0 $(GO) build -o $(BIN)/provider ./examples/provider
-	CGO_ENABLED=0 $(GO) build -o $(BIN)/demo-server ./examples/demo-server
-	CGO_ENABLED=0 $(GO) build -o $(BIN)/demo-client ./examples/demo-client
 	$(BIN)/meshctl dev up --dir $(CURDIR)/.dev --foreground
 
 ## images: FROM scratch images of the binaries (no registry to pull from): meshca/<binary>:dev.
