@@ -45,6 +45,8 @@ type Config struct {
 	Services []ServiceConfig `yaml:"services"`
 	// Limits bound what one caller can ask of the node.
 	Limits LimitsConfig `yaml:"limits"`
+	// Prune says how the leader keeps the replicated state bounded.
+	Prune PruneConfig `yaml:"prune"`
 }
 
 // ListenConfig holds the node's listen addresses.
@@ -164,6 +166,15 @@ type LimitsConfig struct {
 	ProviderTimeout Duration `yaml:"provider_timeout"`
 }
 
+// PruneConfig says how often the leader prunes expired records and how long past their end
+// they are kept (so an operator can still look up a certificate that just expired).
+type PruneConfig struct {
+	// Interval between prunes (10m).
+	Interval Duration `yaml:"interval"`
+	// Grace keeps records this long after they ended (1h).
+	Grace Duration `yaml:"grace"`
+}
+
 // Duration is a time.Duration written in YAML as "24h", "90s". A value that does not parse is
 // kept and reported by Validate with the field's name.
 type Duration struct {
@@ -260,6 +271,12 @@ func (c *Config) setDefaults() {
 	if c.CA.MaxWorkloadTTL.d == 0 && !c.CA.MaxWorkloadTTL.bad {
 		c.CA.MaxWorkloadTTL = NewDuration(30 * 24 * time.Hour)
 	}
+	if c.Prune.Interval.d == 0 && !c.Prune.Interval.bad {
+		c.Prune.Interval = NewDuration(10 * time.Minute)
+	}
+	if c.Prune.Grace.d == 0 && !c.Prune.Grace.bad {
+		c.Prune.Grace = NewDuration(time.Hour)
+	}
 	if c.Listen.ClusterAdvertise == "" {
 		c.Listen.ClusterAdvertise = c.Listen.Cluster
 	}
@@ -352,10 +369,14 @@ func (c *Config) Validate() error {
 		{"ca.workload_ttl", c.CA.WorkloadTTL}, {"ca.max_workload_ttl", c.CA.MaxWorkloadTTL},
 		{"raft.heartbeat_timeout", c.Raft.HeartbeatTimeout}, {"raft.election_timeout", c.Raft.ElectionTimeout},
 		{"ca.node_cert_ttl", c.CA.NodeCertTTL}, {"limits.provider_timeout", c.Limits.ProviderTimeout},
+		{"prune.interval", c.Prune.Interval}, {"prune.grace", c.Prune.Grace},
 	} {
 		if err := d.d.check(d.field); err != nil {
 			return err
 		}
+	}
+	if c.Prune.Interval.D() < time.Second {
+		return bad("prune.interval", "%s is below 1s", c.Prune.Interval.D())
 	}
 	if c.CA.WorkloadTTL.D() > c.CA.MaxWorkloadTTL.D() {
 		return bad("ca.workload_ttl", "%s exceeds ca.max_workload_ttl %s", c.CA.WorkloadTTL.D(), c.CA.MaxWorkloadTTL.D())
