@@ -312,9 +312,11 @@ func TestStopProcesses(t *testing.T) {
 		t.Fatal(err)
 	}
 	for _, c := range []*child{polite, stubborn} {
+		// stopProcesses returns once the process is dead (a zombie at least); our own Wait
+		// goroutine reaps it a moment later, so allow it that moment.
 		select {
 		case <-c.exited:
-		default:
+		case <-time.After(5 * time.Second):
 			t.Fatalf("%s still runs after stopProcesses", c.rec.Name)
 		}
 	}
