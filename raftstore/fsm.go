@@ -100,7 +100,7 @@ func NewFSM(cfg FSMConfig) (*FSM, error) {
 		logger = slog.New(slog.DiscardHandler)
 	}
 	f := &FSM{cfg: cfg, logger: logger}
-	f.reset(emptyState())
+	f.reset(emptyState(), newWriterState())
 	return f, nil
 }
 
@@ -122,10 +122,10 @@ func (f *FSM) Changed() <-chan struct{} {
 	return f.watch
 }
 
-// reset makes the frozen state s, not yet published, both the working state and the
-// current state. The caller holds mu or owns f alone.
-func (f *FSM) reset(s *State) {
-	f.work = s.thaw()
+// reset makes the frozen state s, not yet published, both the working state (with w, the
+// indexes of its records) and the current state. The caller holds mu or owns f alone.
+func (f *FSM) reset(s *State, w *writerState) {
+	f.work = s.thaw(w)
 	f.publish(s)
 }
 
@@ -408,13 +408,13 @@ func (f *FSM) Snapshot() (raft.FSMSnapshot, error) {
 // It implements raft.FSM.
 func (f *FSM) Restore(rc io.ReadCloser) error {
 	defer rc.Close()
-	s, err := ReadSnapshot(rc)
+	s, w, err := readSnapshot(rc)
 	if err != nil {
 		return fmt.Errorf("restore: %w", err)
 	}
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	f.reset(s)
+	f.reset(s, w)
 	return nil
 }
 

@@ -203,8 +203,9 @@ func BenchmarkApplyBatchSteadyState(b *testing.B) {
 	}
 }
 
-// millionInstances builds a state holding n realistic Instance records (as a restore would).
-func millionInstances(n int, now time.Time) *State {
+// millionInstances builds a state holding n realistic Instance records (as a restore would),
+// and its indexes.
+func millionInstances(n int, now time.Time) (*State, *writerState) {
 	bld := newStateBuilder()
 	bld.sawCounters = true
 	t := now.UnixNano()
@@ -218,8 +219,8 @@ func millionInstances(n int, now time.Time) *State {
 		}
 		bld.add(&meshcav1.SnapshotRecord{Record: &meshcav1.SnapshotRecord_Instance{Instance: inst}})
 	}
-	s, _ := bld.state()
-	return s
+	s, w, _ := bld.state()
+	return s, w
 }
 
 // vmRSS reads the process's resident set size from /proc/self/status, in MiB (0 if unknown).

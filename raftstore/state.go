@@ -39,19 +39,33 @@ type State struct {
 	// receipts by sequence: the window is appended at one end and forgotten at the other.
 	receipts table[uint64, *meshcav1.CommandReceipt]
 
-	// Derived indexes, rebuilt on restore and not part of snapshots or the state hash.
-	//
-	// receiptSeq finds a command id's receipt for the writer's deduplication. It is a plain map
-	// (random command ids would copy a B-tree leaf per command); only the working state has one.
+	// writerState is what only the working state has; nil in a frozen (published) state.
+	*writerState
+}
+
+// writerState is what only the FSM's working state has: the journal of the running command,
+// and the derived indexes only the writer reads. The indexes are rebuilt on restore and are no
+// part of snapshots, the state hash or a published view; as nobody else holds them, they are
+// changed in place and never copied.
+type writerState struct {
+	j *journal
+	// receiptSeq finds a command id's receipt, to answer a retried command.
 	receiptSeq map[string]uint64
 	// certExpiry also prunes the key use a certificate first made and its revocation: both
 	// end with the certificate.
 	certExpiry  table[string, struct{}] // expiryKey(not_after, serial)
 	tokenExpiry table[string, struct{}] // expiryKey(expires, jti)
 	nonceExpiry table[string, struct{}] // expiryKey(expires, nonce key)
+}
 
-	// j journals the working state's changes; nil in a frozen (published) state.
-	j *journal
+// newWriterState returns empty indexes.
+func newWriterState() *writerState {
+	return &writerState{
+		receiptSeq:  map[string]uint64{},
+		certExpiry:  newTable[string, struct{}](),
+		tokenExpiry: newTable[string, struct{}](),
+		nonceExpiry: newTable[string, struct{}](),
+	}
 }
 
 // stateVars are the fields of a State outside its tables: a command that does not commit
@@ -82,9 +96,6 @@ func emptyState() *State {
 		csrRequests: newTable[string, *meshcav1.CSRRequest](),
 		events:      newTable[uint64, *meshcav1.Event](),
 		receipts:    newTable[uint64, *meshcav1.CommandReceipt](),
-		certExpiry:  newTable[string, struct{}](),
-		tokenExpiry: newTable[string, struct{}](),
-		nonceExpiry: newTable[string, struct{}](),
 	}
 }
 
@@ -98,30 +109,28 @@ func (s *State) freeze() *State {
 		revocations: s.revocations.frozen(), issuerUses: s.issuerUses.frozen(),
 		federations: s.federations.frozen(), tokens: s.tokens.frozen(), nonces: s.nonces.frozen(),
 		csrRequests: s.csrRequests.frozen(), events: s.events.frozen(), receipts: s.receipts.frozen(),
-		certExpiry:  s.certExpiry.frozen(),
-		tokenExpiry: s.tokenExpiry.frozen(), nonceExpiry: s.nonceExpiry.frozen(),
 	}
 }
 
-// thaw returns a working state holding what the frozen state s holds. It must be called
-// before s is published (see table.working).
-func (s *State) thaw() *State {
+// thaw returns a working state holding what the frozen state s holds, with w, the indexes of
+// s's records (which it takes over). It must be called before s is published (see
+// table.working).
+func (s *State) thaw(w *writerState) *State {
 	j := &journal{}
-	seq := make(map[string]uint64, s.receipts.Len())
+	w.j = j
+	w.certExpiry.j, w.tokenExpiry.j, w.nonceExpiry.j = j, j, j
+	clear(w.receiptSeq)
 	s.receipts.scan(func(n uint64, r *meshcav1.CommandReceipt) bool {
-		seq[r.GetId()] = n
+		w.receiptSeq[r.GetId()] = n
 		return true
 	})
 	return &State{
-		receiptSeq: seq,
-		stateVars:  s.stateVars, j: j,
+		stateVars: s.stateVars, writerState: w,
 		domains: s.domains.working(j), services: s.services.working(j), providers: s.providers.working(j),
 		instances: s.instances.working(j), certs: s.certs.working(j), keyUses: s.keyUses.working(j),
 		revocations: s.revocations.working(j), issuerUses: s.issuerUses.working(j),
 		federations: s.federations.working(j), tokens: s.tokens.working(j), nonces: s.nonces.working(j),
 		csrRequests: s.csrRequests.working(j), events: s.events.working(j), receipts: s.receipts.working(j),
-		certExpiry:  s.certExpiry.working(j),
-		tokenExpiry: s.tokenExpiry.working(j), nonceExpiry: s.nonceExpiry.working(j),
 	}
 }
 

@@ -245,10 +245,11 @@ func (rr *recordReader) next(rec *meshcav1.SnapshotRecord) (framed []byte, err e
 // until the builder hands it over.
 type stateBuilder struct {
 	s           *State
+	w           *writerState // the derived indexes, filled alongside
 	sawCounters bool
 }
 
-func newStateBuilder() *stateBuilder { return &stateBuilder{s: emptyState()} }
+func newStateBuilder() *stateBuilder { return &stateBuilder{s: emptyState(), w: newWriterState()} }
 
 // add files one record; the derived indexes are filled alongside.
 func (b *stateBuilder) add(rec *meshcav1.SnapshotRecord) error {
@@ -274,7 +275,7 @@ func (b *stateBuilder) add(rec *meshcav1.SnapshotRecord) error {
 		b.s.instances.load(instanceSlot(r.Instance.GetProvider(), r.Instance.GetInstanceId()), r.Instance)
 	case *meshcav1.SnapshotRecord_Cert:
 		b.s.certs.load(r.Cert.GetSerial(), r.Cert)
-		b.s.certExpiry.load(expiryKey(r.Cert.GetNotAfter(), r.Cert.GetSerial()), struct{}{})
+		b.w.certExpiry.load(expiryKey(r.Cert.GetNotAfter(), r.Cert.GetSerial()), struct{}{})
 	case *meshcav1.SnapshotRecord_KeyUse:
 		b.s.keyUses.load(string(r.KeyUse.GetSpkiSha256()), r.KeyUse)
 	case *meshcav1.SnapshotRecord_Revocation:
@@ -285,11 +286,11 @@ func (b *stateBuilder) add(rec *meshcav1.SnapshotRecord) error {
 		b.s.federations.load(r.Federation.GetTrustDomain(), r.Federation)
 	case *meshcav1.SnapshotRecord_Token:
 		b.s.tokens.load(r.Token.GetJti(), r.Token)
-		b.s.tokenExpiry.load(expiryKey(r.Token.GetExpires(), r.Token.GetJti()), struct{}{})
+		b.w.tokenExpiry.load(expiryKey(r.Token.GetExpires(), r.Token.GetJti()), struct{}{})
 	case *meshcav1.SnapshotRecord_Nonce:
 		k := nonceKey(r.Nonce.GetScope(), r.Nonce.GetNonce())
 		b.s.nonces.load(k, r.Nonce)
-		b.s.nonceExpiry.load(expiryKey(r.Nonce.GetExpires(), k), struct{}{})
+		b.w.nonceExpiry.load(expiryKey(r.Nonce.GetExpires(), k), struct{}{})
 	case *meshcav1.SnapshotRecord_CsrRequest:
 		b.s.csrRequests.load(r.CsrRequest.GetId(), r.CsrRequest)
 	case *meshcav1.SnapshotRecord_Event:
@@ -303,30 +304,37 @@ func (b *stateBuilder) add(rec *meshcav1.SnapshotRecord) error {
 	return nil
 }
 
-func (b *stateBuilder) state() (*State, error) {
+func (b *stateBuilder) state() (*State, *writerState, error) {
 	if !b.sawCounters {
-		return nil, fmt.Errorf("%w: no counters record", ErrCorruptSnapshot)
+		return nil, nil, fmt.Errorf("%w: no counters record", ErrCorruptSnapshot)
 	}
-	return b.s, nil
+	return b.s, b.w, nil
 }
 
 // ReadSnapshot reads a snapshot stream written by WriteSnapshot back into a state. It checks
 // the format, the record count and the SHA-256 in the trailer, and that nothing follows it.
 func ReadSnapshot(r io.Reader) (*State, error) {
+	s, _, err := readSnapshot(r)
+	return s, err
+}
+
+// readSnapshot reads a snapshot stream into a frozen state and the derived indexes of its
+// records.
+func readSnapshot(r io.Reader) (*State, *writerState, error) {
 	rr := &recordReader{r: bufio.NewReaderSize(r, 1<<20)}
 	first := new(meshcav1.SnapshotRecord)
 	if _, err := rr.next(first); err != nil {
 		if err == io.EOF {
-			return nil, fmt.Errorf("%w: empty stream", ErrCorruptSnapshot)
+			return nil, nil, fmt.Errorf("%w: empty stream", ErrCorruptSnapshot)
 		}
-		return nil, err
+		return nil, nil, err
 	}
 	header := first.GetHeader()
 	if header == nil {
-		return nil, fmt.Errorf("%w: stream does not start with a header", ErrCorruptSnapshot)
+		return nil, nil, fmt.Errorf("%w: stream does not start with a header", ErrCorruptSnapshot)
 	}
 	if header.GetFormat() != snapshotFormat {
-		return nil, fmt.Errorf("%w: format %d, this release reads format %d", ErrCorruptSnapshot, header.GetFormat(), snapshotFormat)
+		return nil, nil, fmt.Errorf("%w: format %d, this release reads format %d", ErrCorruptSnapshot, header.GetFormat(), snapshotFormat)
 	}
 	b := newStateBuilder()
 	b.s.appliedIndex = header.GetAppliedIndex()
@@ -336,30 +344,30 @@ func ReadSnapshot(r io.Reader) (*State, error) {
 		rec := new(meshcav1.SnapshotRecord)
 		framed, err := rr.next(rec)
 		if err == io.EOF {
-			return nil, fmt.Errorf("%w: stream ends after %d records without a trailer", ErrCorruptSnapshot, count)
+			return nil, nil, fmt.Errorf("%w: stream ends after %d records without a trailer", ErrCorruptSnapshot, count)
 		}
 		if err != nil {
-			return nil, err
+			return nil, nil, err
 		}
 		if t := rec.GetTrailer(); t != nil {
 			if t.GetRecords() != count {
-				return nil, fmt.Errorf("%w: trailer counts %d records, stream has %d", ErrCorruptSnapshot, t.GetRecords(), count)
+				return nil, nil, fmt.Errorf("%w: trailer counts %d records, stream has %d", ErrCorruptSnapshot, t.GetRecords(), count)
 			}
 			if sum := h.Sum(nil); !bytes.Equal(sum, t.GetSha256()) {
-				return nil, fmt.Errorf("%w: records hash to %x, trailer says %x", ErrCorruptSnapshot, sum, t.GetSha256())
+				return nil, nil, fmt.Errorf("%w: records hash to %x, trailer says %x", ErrCorruptSnapshot, sum, t.GetSha256())
 			}
 			if _, err := rr.r.ReadByte(); err != io.EOF {
-				return nil, fmt.Errorf("%w: data after the trailer", ErrCorruptSnapshot)
+				return nil, nil, fmt.Errorf("%w: data after the trailer", ErrCorruptSnapshot)
 			}
 			return b.state()
 		}
 		if rec.GetHeader() != nil {
-			return nil, fmt.Errorf("%w: second header at record %d", ErrCorruptSnapshot, count)
+			return nil, nil, fmt.Errorf("%w: second header at record %d", ErrCorruptSnapshot, count)
 		}
 		h.Write(framed)
 		count++
 		if err := b.add(rec); err != nil {
-			return nil, err
+			return nil, nil, err
 		}
 	}
 }
