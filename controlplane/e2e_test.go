@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
 	"google.golang.org/grpc/codes"
@@ -93,6 +94,26 @@ func TestEndToEnd(t *testing.T) {
 		!strings.Contains(st.Message(), "is now revoked") {
 		t.Fatalf("stale serial: %v, want PermissionDenied naming the serial rule", err)
 	}
+
+	// The compromise is published: an admin watching events on another node sees it, with the
+	// serial that was presented.
+	admin := c.AdminCert()
+	wctx, wcancel := context.WithTimeout(ctx, 30*time.Second)
+	defer wcancel()
+	events, err := meshcav1.NewAdminClient(c.Dial(followers[0], &admin)).WatchEvents(wctx, &meshcav1.WatchEventsRequest{
+		FromIndex: 1, Kinds: []meshcav1.EventKind{meshcav1.EventKind_EVENT_KIND_COMPROMISE_DETECTED},
+	})
+	if err != nil {
+		t.Fatalf("WatchEvents: %v", err)
+	}
+	ev, err := events.Recv()
+	if err != nil {
+		t.Fatalf("WatchEvents: no compromise-detected event: %v", err)
+	}
+	if ev.GetKind() != meshcav1.EventKind_EVENT_KIND_COMPROMISE_DETECTED || !strings.Contains(ev.GetSubject(), "pod-1.e2e") {
+		t.Fatalf("event = %v, want compromise-detected for pod-1.e2e", ev)
+	}
+	wcancel()
 
 	// The instance's current certificate no longer refreshes, through any node.
 	in.key = newKey(t)
