@@ -139,9 +139,6 @@ type ProviderConfig struct {
 	ConfirmEndpoint string `yaml:"confirm_endpoint"`
 	// ConfirmRefresh asks the provider to confirm refreshes too.
 	ConfirmRefresh bool `yaml:"confirm_refresh"`
-	// RegisterToken, when set, is a file to write a one-time register token into, so the
-	// provider can get its own server certificate (a bootstrap convenience for meshctl dev).
-	RegisterTokenFile string `yaml:"register_token_file"`
 }
 
 // ServiceConfig seeds a service identity and the providers allowed to launch it.
