@@ -161,6 +161,10 @@ type LimitsConfig struct {
 	MaxStreamsPerCaller int `yaml:"max_streams_per_caller"`
 	// ProviderTimeout bounds one call to a provider's confirm endpoint (5s).
 	ProviderTimeout Duration `yaml:"provider_timeout"`
+	// ReadHeaderTimeout bounds how long the HTTPS port waits for a request's TLS handshake
+	// and headers before it closes the connection (5s), so a client trickling its headers
+	// cannot hold a connection.
+	ReadHeaderTimeout Duration `yaml:"read_header_timeout"`
 }
 
 // PruneConfig says how often the leader prunes expired records and how long past their end
@@ -292,6 +296,9 @@ func (c *Config) setDefaults() {
 	if c.Limits.ProviderTimeout.d == 0 && !c.Limits.ProviderTimeout.bad {
 		c.Limits.ProviderTimeout = NewDuration(5 * time.Second)
 	}
+	if c.Limits.ReadHeaderTimeout.d == 0 && !c.Limits.ReadHeaderTimeout.bad {
+		c.Limits.ReadHeaderTimeout = NewDuration(5 * time.Second)
+	}
 	if c.CA.NodeCertTTL.d == 0 && !c.CA.NodeCertTTL.bad {
 		c.CA.NodeCertTTL = NewDuration(24 * time.Hour)
 	}
@@ -366,6 +373,7 @@ func (c *Config) Validate() error {
 		{"ca.workload_ttl", c.CA.WorkloadTTL}, {"ca.max_workload_ttl", c.CA.MaxWorkloadTTL},
 		{"raft.heartbeat_timeout", c.Raft.HeartbeatTimeout}, {"raft.election_timeout", c.Raft.ElectionTimeout},
 		{"ca.node_cert_ttl", c.CA.NodeCertTTL}, {"limits.provider_timeout", c.Limits.ProviderTimeout},
+		{"limits.read_header_timeout", c.Limits.ReadHeaderTimeout},
 		{"prune.interval", c.Prune.Interval}, {"prune.grace", c.Prune.Grace},
 	} {
 		if err := d.d.check(d.field); err != nil {
@@ -435,6 +443,9 @@ func (c *Config) Validate() error {
 	}
 	if c.Limits.ProviderTimeout.D() < 10*time.Millisecond || c.Limits.ProviderTimeout.D() > time.Minute {
 		return bad("limits.provider_timeout", "%s must be between 10ms and 1m", c.Limits.ProviderTimeout.D())
+	}
+	if c.Limits.ReadHeaderTimeout.D() < 100*time.Millisecond || c.Limits.ReadHeaderTimeout.D() > time.Minute {
+		return bad("limits.read_header_timeout", "%s must be between 100ms and 1m", c.Limits.ReadHeaderTimeout.D())
 	}
 	for _, l := range []struct {
 		field string

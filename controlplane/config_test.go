@@ -46,7 +46,7 @@ func TestDecodeConfig(t *testing.T) {
 	if c.Listen.ClusterAdvertise != c.Listen.Cluster {
 		t.Errorf("cluster_advertise defaults to listen.cluster, got %q", c.Listen.ClusterAdvertise)
 	}
-	if c.Limits.MaxMessageBytes != 64<<10 || c.Limits.IssuePerIdentityPerMinute == 0 || c.Limits.ProviderTimeout.D() != 5*time.Second {
+	if c.Limits.MaxMessageBytes != 64<<10 || c.Limits.IssuePerIdentityPerMinute == 0 || c.Limits.ProviderTimeout.D() != 5*time.Second || c.Limits.ReadHeaderTimeout.D() != 5*time.Second {
 		t.Errorf("limits not defaulted: %+v", c.Limits)
 	}
 	if c.CA.NodeCertTTL.D() != 24*time.Hour || c.CA.DenyServerAuth {
@@ -77,6 +77,8 @@ func TestDecodeConfigRefusals(t *testing.T) {
 		{"node certificate lifetime has a floor", "  workload_ttl: 1h", "  workload_ttl: 1h\n  node_cert_ttl: 10s", "ca.node_cert_ttl: 10s is below the 1m minimum"},
 		{"server names are DNS names or IPs", "  http: 127.0.0.1:7080", "  http: 127.0.0.1:7080\n  server_names: [\"bad name\"]", "listen.server_names[0]"},
 		{"provider timeout is bounded", "admins:", "limits: {provider_timeout: 5m}\nadmins:", "limits.provider_timeout"},
+		{"header read timeout has a floor", "admins:", "limits: {read_header_timeout: 10ms}\nadmins:", "limits.read_header_timeout: 10ms must be between 100ms and 1m"},
+		{"header read timeout has a ceiling", "admins:", "limits: {read_header_timeout: 2m}\nadmins:", "limits.read_header_timeout: 2m0s must be between 100ms and 1m"},
 		{"seeded service is a service identity", "admins:", "services: [{name: api}]\nadmins:", "services[0].name"},
 		{"seeded grant is a provider pattern", "admins:", "services: [{name: sports.api, launch_grants: [\"*\"]}]\nadmins:", "services[0].launch_grants[0]"},
 		{"rate limits are not negative", "admins:", "limits: {issue_per_source_per_minute: -1}\nadmins:", "limits.issue_per_source_per_minute: -1 is negative"},

@@ -72,7 +72,7 @@ func (s *Server) newHTTPServer() *http.Server {
 			GetCertificate: tlsconfig.GetCertificate(s.svid),
 			ClientAuth:     tls.RequestClientCert,
 		},
-		ReadHeaderTimeout: 5 * time.Second,
+		ReadHeaderTimeout: s.cfg.Limits.ReadHeaderTimeout.D(),
 		ReadTimeout:       15 * time.Second,
 		WriteTimeout:      30 * time.Second,
 		IdleTimeout:       2 * time.Minute,
