@@ -120,6 +120,7 @@ var actionScopes = map[Action]Scope{
 	ActionClusterWrite:   ScopeSystem,
 	ActionEventWatch:     ScopeAnyAdmin,
 	ActionEventRead:      ScopeDomain,
+	ActionCARotate:       ScopeSystem,
 }
 
 // ScopeOf returns an action's scope, or 0 for an unknown action (which nobody may perform).
