@@ -2,11 +2,13 @@ package main
 
 import (
 	"context"
+	"crypto/x509"
 	"encoding/json"
 	"encoding/pem"
 	"flag"
 	"fmt"
 	"os"
+	"path/filepath"
 	"strings"
 
 	meshcav1 "github.com/meshca/meshca/api/meshca/v1"
@@ -37,7 +39,57 @@ func writeCert(r *meshcav1.CSRRequest, path string) error {
 	if len(r.GetCert()) == 0 {
 		return fmt.Errorf("--out: csr request %s has no certificate (it is %s)", r.GetId(), enumName(r.GetState(), "CSR_STATE_"))
 	}
-	return os.WriteFile(path, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: r.GetCert()}), 0o644)
+	return os.WriteFile(path, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: r.GetCert()}), 0o600)
+}
+
+// writeCertDir writes an issued request's certificate to dir as cert.pem (the certificate)
+// and chain.pem (the certificate followed by the CA certificates of the trust bundle it
+// verifies to, leaf first), both 0600. roots are the bundle's DER certificates. It returns the
+// paths written.
+func writeCertDir(r *meshcav1.CSRRequest, roots [][]byte, dir string) ([]string, error) {
+	if len(r.GetCert()) == 0 {
+		return nil, fmt.Errorf("--out: csr request %s has no certificate (it is %s)", r.GetId(), enumName(r.GetState(), "CSR_STATE_"))
+	}
+	leaf, err := x509.ParseCertificate(r.GetCert())
+	if err != nil {
+		return nil, fmt.Errorf("csr request %s: the certificate does not parse: %w", r.GetId(), err)
+	}
+	pool := x509.NewCertPool()
+	for _, der := range roots {
+		c, err := x509.ParseCertificate(der)
+		if err != nil {
+			return nil, fmt.Errorf("ca status: a root does not parse: %w", err)
+		}
+		pool.AddCert(c)
+	}
+	chains, err := leaf.Verify(x509.VerifyOptions{Roots: pool, CurrentTime: leaf.NotBefore, KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageAny}})
+	if err != nil {
+		return nil, fmt.Errorf("csr request %s: the certificate does not chain to the cluster's trust bundle: %w", r.GetId(), err)
+	}
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return nil, fmt.Errorf("--out: %w", err)
+	}
+	certPEM := pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: r.GetCert()})
+	var chainPEM []byte
+	for _, c := range chains[0] {
+		chainPEM = append(chainPEM, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: c.Raw})...)
+	}
+	var paths []string
+	for _, f := range []struct {
+		name string
+		data []byte
+	}{{"cert.pem", certPEM}, {"chain.pem", chainPEM}} {
+		p := filepath.Join(dir, f.name)
+		// Write then chmod, so a file that existed with wider permissions is narrowed too.
+		if err := os.WriteFile(p, f.data, 0o600); err != nil {
+			return nil, fmt.Errorf("--out: %w", err)
+		}
+		if err := os.Chmod(p, 0o600); err != nil {
+			return nil, fmt.Errorf("--out: %w", err)
+		}
+		paths = append(paths, p)
+	}
+	return paths, nil
 }
 
 func csrCommands() []*command {
@@ -119,7 +171,7 @@ func csrCommands() []*command {
 			}},
 		{path: "csr get", args: "ID", summary: "show a certificate request", minArgs: 1, maxArgs: 1,
 			setup: func(fs *flag.FlagSet) runFunc {
-				out := fs.String("out", "", "write the issued certificate (PEM) to this file")
+				out := fs.String("out", "", "write the issued certificate to this folder as cert.pem and chain.pem (mode 0600)")
 				return func(ctx context.Context, inv *invocation, args []string) error {
 					c, err := inv.admin()
 					if err != nil {
@@ -130,7 +182,15 @@ func csrCommands() []*command {
 						return err
 					}
 					if *out != "" {
-						if err := writeCert(r, *out); err != nil {
+						st, err := c.GetCAStatus(ctx, &meshcav1.GetCAStatusRequest{})
+						if err != nil {
+							return err
+						}
+						var roots [][]byte
+						for _, root := range st.GetRoots() {
+							roots = append(roots, root.GetDer())
+						}
+						if _, err := writeCertDir(r, roots, *out); err != nil {
 							return err
 						}
 					}
