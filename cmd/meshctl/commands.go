@@ -17,7 +17,6 @@ func commandTable() []*command {
 		csrCommands(),
 		applyCommands(),
 		caCommands(),
-		rotateCommands(),
 		trustCommands(),
 		clusterCommands(),
 		eventCommands(),
