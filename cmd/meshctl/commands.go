@@ -17,6 +17,7 @@ func commandTable() []*command {
 		csrCommands(),
 		applyCommands(),
 		caCommands(),
+		rotateCommands(),
 		trustCommands(),
 		clusterCommands(),
 		eventCommands(),
