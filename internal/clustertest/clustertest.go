@@ -624,10 +624,15 @@ func (c *Cluster) isLeader(n *Node) (bool, error) {
 	return v == 1, err
 }
 
-// Metric scrapes a node's /metrics and returns the value of the series of name whose labels
-// include labels (a counter, a gauge, or a histogram's sample count).
+// Metric scrapes a node's /metrics over a connection of its own, closed after, and returns
+// the value of the series of name whose labels include labels (a counter, a gauge, or a
+// histogram's sample count).
 func (c *Cluster) Metric(n *Node, name string, labels map[string]string) (float64, error) {
-	resp, err := c.HTTPClient(nil).Get(n.URL(controlplane.PathMetrics))
+	// Close the connection after the scrape: a test polling a metric would otherwise leave an
+	// idle connection, and a goroutine serving it, on the node per scrape.
+	hc := c.HTTPClient(nil)
+	defer hc.CloseIdleConnections()
+	resp, err := hc.Get(n.URL(controlplane.PathMetrics))
 	if err != nil {
 		return 0, err
 	}
