@@ -94,7 +94,7 @@ type Server struct {
 type flow func(s *Server) error
 
 // flows are the optional parts this build wires in, in order.
-var flows = []flow{adminFlow, registerTokenFlow, serviceKeyFlow, extendFlow, rotationFlow}
+var flows = []flow{adminFlow, registerTokenFlow, serviceKeyFlow, extendFlow, rotationFlow, federationFlow}
 
 // Run starts a meshca-server node from cfg and serves until ctx ends, then stops gracefully.
 func Run(ctx context.Context, cfg *Config) error {

@@ -417,5 +417,5 @@ func uriNames(c *x509.Certificate) []string {
 // trustCommands are the commands of mesh-to-mesh trust: the offline root and, with it,
 // federation.
 func trustCommands() []*command {
-	return offlineCommands()
+	return append(offlineCommands(), federationCommands()...)
 }

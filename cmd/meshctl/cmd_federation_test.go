@@ -1,0 +1,298 @@
+package main
+
+import (
+	"context"
+	"crypto"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/json"
+	"encoding/pem"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"github.com/spiffe/go-spiffe/v2/spiffetls/tlsconfig"
+	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
+
+	meshcav1 "github.com/meshca/meshca/api/meshca/v1"
+	"github.com/meshca/meshca/ca"
+	"github.com/meshca/meshca/controlplane"
+	"github.com/meshca/meshca/internal/clustertest"
+)
+
+// fedCluster is a cluster with the files meshctl needs to administer it.
+type fedCluster struct {
+	*clustertest.Cluster
+	conn []string // connection flags for meshctl
+}
+
+func newFedCluster(t *testing.T, c *clustertest.Cluster, n *clustertest.Node) fedCluster {
+	t.Helper()
+	dir := t.TempDir()
+	cert, key := writeCredentials(t, dir, "admin", c.AdminCert())
+	bundle := filepath.Join(dir, "ca.pem")
+	if err := os.WriteFile(bundle, rootsPEM(c.Bundle()), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return fedCluster{Cluster: c, conn: []string{"--addr", n.GRPCAddr, "--cert", cert, "--key", key, "--ca-bundle", bundle}}
+}
+
+func rootsPEM(b *x509bundle.Bundle) []byte {
+	var out []byte
+	for _, r := range b.X509Authorities() {
+		out = append(out, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: r.Raw})...)
+	}
+	return out
+}
+
+// meshctl runs a meshctl command against the cluster.
+func (f fedCluster) meshctl(t *testing.T, args ...string) string {
+	t.Helper()
+	return mustMeshctl(t, append(args, f.conn...)...)
+}
+
+// served is the bundle set node n serves (its identity API's GetBundle: the own and the
+// federated bundles of its replicated state).
+func served(t *testing.T, c *clustertest.Cluster, n *clustertest.Node) (*x509bundle.Set, error) {
+	t.Helper()
+	cc := c.Connect(n, nil)
+	defer cc.Close()
+	r, err := meshcav1.NewIdentityClient(cc).GetBundle(context.Background(), &meshcav1.GetBundleRequest{})
+	if err != nil {
+		return nil, err
+	}
+	set := x509bundle.NewSet()
+	own, err := ca.ParseBundlePEM(c.TrustDomain(), []byte(r.GetBundle()))
+	if err != nil {
+		return nil, err
+	}
+	set.Add(own)
+	for name, p := range r.GetFederated() {
+		b, err := ca.ParseBundlePEM(spiffeid.RequireTrustDomainFromString(name), []byte(p))
+		if err != nil {
+			return nil, fmt.Errorf("federated %s: %w", name, err)
+		}
+		set.Add(b)
+	}
+	return set, nil
+}
+
+// waitServed waits until every node of c serves a bundle set that check accepts.
+func waitServed(t *testing.T, c *clustertest.Cluster, what string, check func(*x509bundle.Set) error) {
+	t.Helper()
+	for _, n := range c.Nodes {
+		c.Poll(n.ID+" serves "+what, func() error {
+			set, err := served(t, c, n)
+			if err != nil {
+				return err
+			}
+			return check(set)
+		})
+	}
+}
+
+// federatedRoots is what check functions look at: the roots set holds for td.
+func federatedRoots(set *x509bundle.Set, td spiffeid.TrustDomain) []*x509.Certificate {
+	b, ok := set.Get(td)
+	if !ok {
+		return nil
+	}
+	return b.X509Authorities()
+}
+
+func svidOf(t *testing.T, id spiffeid.ID, cert tls.Certificate) *x509svid.SVID {
+	t.Helper()
+	var chain []*x509.Certificate
+	for _, der := range cert.Certificate {
+		c, err := x509.ParseCertificate(der)
+		if err != nil {
+			t.Fatal(err)
+		}
+		chain = append(chain, c)
+	}
+	return &x509svid.SVID{ID: id, Certificates: chain, PrivateKey: cert.PrivateKey.(crypto.Signer)}
+}
+
+// handshake runs one mTLS exchange: a server with serverSVID trusting serverSet that admits
+// clientID, and a client with clientSVID trusting clientSet that expects serverID.
+func handshake(t *testing.T, serverSVID, clientSVID *x509svid.SVID, serverSet, clientSet *x509bundle.Set) error {
+	t.Helper()
+	ln, err := tls.Listen("tcp", "127.0.0.1:0", tlsconfig.MTLSServerConfig(serverSVID, serverSet, tlsconfig.AuthorizeID(clientSVID.ID)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	served := make(chan error, 1)
+	go func() {
+		conn, err := ln.Accept()
+		if err != nil {
+			served <- err
+			return
+		}
+		defer conn.Close()
+		buf := make([]byte, 2)
+		if _, err := io.ReadFull(conn, buf); err != nil {
+			served <- err
+			return
+		}
+		_, err = conn.Write(buf)
+		served <- err
+	}()
+	conn, err := tls.Dial("tcp", ln.Addr().String(), tlsconfig.MTLSClientConfig(clientSVID, clientSet, tlsconfig.AuthorizeID(serverSVID.ID)))
+	if err != nil {
+		ln.Close()
+		<-served
+		return fmt.Errorf("client: %w", err)
+	}
+	defer conn.Close()
+	if _, err := conn.Write([]byte("hi")); err != nil {
+		return err
+	}
+	buf := make([]byte, 2)
+	if _, err := io.ReadFull(conn, buf); err != nil {
+		ln.Close()
+		<-served
+		return fmt.Errorf("client read: %w", err)
+	}
+	return <-served
+}
+
+// TestFederationBetweenTwoClusters federates two clusters with independent self-signed roots
+// both ways — A fetches B's bundle with SPIFFE authentication bootstrapped from B's roots, B
+// fetches A's with web PKI — and proves: every node of each cluster serves the other's bundle;
+// a workload of A and one of B complete mTLS trusting only what their own cluster serves; a
+// new root in B (a prepared rotation) reaches every node of A without a restart; and removing
+// the federation stops trust.
+func TestFederationBetweenTwoClusters(t *testing.T) {
+	tdA, tdB := spiffeid.RequireTrustDomainFromString("a.test"), spiffeid.RequireTrustDomainFromString("b.test")
+	ca1 := clustertest.Start(t, clustertest.Options{Nodes: 3, TrustDomain: tdA.Name()})
+	// B's nodes trust A's root as web PKI roots: B fetches A's bundle endpoint like any HTTPS
+	// site.
+	ca2 := clustertest.Start(t, clustertest.Options{Nodes: 1, TrustDomain: tdB.Name(),
+		Env: []string{"SSL_CERT_FILE=" + filepath.Join(ca1.CADir(), controlplane.SelfSignedCertFile)}})
+	a := newFedCluster(t, ca1, ca1.Followers()[0])
+	b := newFedCluster(t, ca2, ca2.Nodes[0])
+
+	bootstrap := filepath.Join(t.TempDir(), "b-bundle.pem")
+	if err := os.WriteFile(bootstrap, rootsPEM(ca2.Bundle()), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	bNode := ca2.Nodes[0]
+	out := a.meshctl(t, "federation", "add", tdB.Name(), "--endpoint", bNode.URL(controlplane.PathBundle),
+		"--endpoint-spiffe-id", spiffeid.RequireFromSegments(tdB, "meshca", "server", bNode.ID).String(), "--bundle", bootstrap)
+	if !strings.Contains(out, tdB.Name()) {
+		t.Fatalf("federation add printed %q", out)
+	}
+	b.meshctl(t, "federation", "add", tdA.Name(), "--endpoint", ca1.Leader().URL(controlplane.PathBundle))
+
+	sameRoots := func(want *x509bundle.Bundle) func(*x509bundle.Set) error {
+		return func(set *x509bundle.Set) error {
+			got := federatedRoots(set, want.TrustDomain())
+			if len(got) != len(want.X509Authorities()) {
+				return fmt.Errorf("%d roots of %s, want %d", len(got), want.TrustDomain(), len(want.X509Authorities()))
+			}
+			for i, r := range want.X509Authorities() {
+				if !got[i].Equal(r) {
+					return fmt.Errorf("root %d of %s differs", i, want.TrustDomain())
+				}
+			}
+			return nil
+		}
+	}
+	waitServed(t, ca1, "b.test's bundle", sameRoots(ca2.Bundle()))
+	waitServed(t, ca2, "a.test's bundle", sameRoots(ca1.Bundle()))
+
+	list := a.meshctl(t, "federation", "list", "-o", "json")
+	var listed struct {
+		Federations []struct {
+			TrustDomain      string   `json:"trust_domain"`
+			EndpointSPIFFEID string   `json:"endpoint_spiffe_id"`
+			RootSHA256       []string `json:"root_sha256"`
+		} `json:"federations"`
+	}
+	if err := json.Unmarshal([]byte(list), &listed); err != nil {
+		t.Fatalf("federation list -o json: %v\n%s", err, list)
+	}
+	if len(listed.Federations) != 1 || listed.Federations[0].TrustDomain != tdB.Name() ||
+		listed.Federations[0].EndpointSPIFFEID != "spiffe://b.test/meshca/server/n1" || len(listed.Federations[0].RootSHA256) != 1 {
+		t.Fatalf("federation list: %s", list)
+	}
+
+	aID := spiffeid.RequireFromSegments(tdA, "ns", "sports", "sa", "api")
+	bID := spiffeid.RequireFromSegments(tdB, "ns", "news", "sa", "web")
+	aSVID := svidOf(t, aID, ca1.IssueCert(aID, clustertest.CertOptions{}))
+	bSVID := svidOf(t, bID, ca2.IssueCert(bID, clustertest.CertOptions{}))
+	setA, err := served(t, ca1, ca1.Nodes[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	setB, err := served(t, ca2, bNode)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := handshake(t, bSVID, aSVID, setB, setA); err != nil {
+		t.Fatalf("mTLS between a workload of A and one of B over the federated bundles: %v", err)
+	}
+	// Without federation neither side trusts the other: the handshake is refused.
+	if err := handshake(t, bSVID, aSVID, x509bundle.NewSet(ca2.Bundle()), x509bundle.NewSet(ca1.Bundle())); err == nil {
+		t.Fatal("mTLS succeeded between the two trust domains without federation")
+	}
+
+	// A new root in B: a prepared rotation publishes it in B's bundle; A's leader fetches it
+	// (here at once, instead of at the refresh hint) and every node of A serves both roots.
+	bc := ca2.Dial(bNode, ptr(ca2.AdminCert()))
+	st, err := meshcav1.NewCARotationClient(bc).Prepare(context.Background(), &meshcav1.PrepareRotationRequest{})
+	if err != nil {
+		t.Fatalf("prepare a rotation in B: %v", err)
+	}
+	if n := len(st.GetCa().GetRoots()); n != 2 {
+		t.Fatalf("B's bundle holds %d roots after prepare, want 2", n)
+	}
+	a.meshctl(t, "federation", "refresh", tdB.Name())
+	waitServed(t, ca1, "both of b.test's roots", func(set *x509bundle.Set) error {
+		got := federatedRoots(set, tdB)
+		if len(got) != 2 {
+			return fmt.Errorf("%d roots of b.test, want 2", len(got))
+		}
+		if !got[0].Equal(mustParse(t, st.GetCa().GetRoots()[0].GetDer())) {
+			return fmt.Errorf("b.test's newest root is not the prepared one")
+		}
+		return nil
+	})
+
+	// Removing the federation stops trust on every node of A.
+	a.meshctl(t, "federation", "remove", tdB.Name())
+	waitServed(t, ca1, "no bundle of b.test", func(set *x509bundle.Set) error {
+		if set.Has(tdB) {
+			return fmt.Errorf("b.test is still served")
+		}
+		return nil
+	})
+	setA, err = served(t, ca1, ca1.Nodes[2])
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := handshake(t, bSVID, aSVID, setB, setA); err == nil {
+		t.Fatal("A's workload still trusts B's after the federation was removed")
+	}
+	code, _, errOut := runMeshctl(t, append([]string{"federation", "refresh", tdB.Name()}, a.conn...)...)
+	if code != exitError || !strings.Contains(errOut, "not federated") {
+		t.Fatalf("refresh of a removed federation: exit %d, %q", code, errOut)
+	}
+}
+
+func ptr[T any](v T) *T { return &v }
+
+func mustParse(t *testing.T, der []byte) *x509.Certificate {
+	t.Helper()
+	c, err := x509.ParseCertificate(der)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c
+}
