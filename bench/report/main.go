@@ -169,13 +169,28 @@ func derive(r *Result) {
 			r.P50Ms = toMs(lu, v)
 		case strings.Contains(lu, "p99") && r.P99Ms == 0:
 			r.P99Ms = toMs(lu, v)
-		case (strings.Contains(lu, "rss") || strings.Contains(lu, "kb/stream")) && r.RSSUnit == "":
+		}
+		// The server's memory is the figure targets speak of; a client's is context only.
+		if rank := memoryRank(lu); rank > 0 && rank > memoryRank(strings.ToLower(r.RSSUnit)) {
 			r.RSS, r.RSSUnit = v, u
 		}
 	}
 	if ns, ok := r.Metrics["ns/op"]; ok && r.OpsPerSec == 0 && ns > 0 {
 		r.OpsPerSec = 1e9 / ns
 	}
+}
+
+// memoryRank orders memory units by how well they speak for the server: 0 is not memory.
+func memoryRank(unit string) int {
+	switch {
+	case strings.Contains(unit, "server") && (strings.Contains(unit, "kb") || strings.Contains(unit, "rss")):
+		return 3
+	case strings.Contains(unit, "rss"):
+		return 2
+	case strings.Contains(unit, "kb/stream"):
+		return 1
+	}
+	return 0
 }
 
 func toMs(unit string, v float64) float64 {

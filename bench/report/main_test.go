@@ -15,6 +15,7 @@ pkg: github.com/meshca/meshca/raftstore
 cpu: Example CPU @ 2.00GHz
 BenchmarkPropose/leader/c=64-2         	    5000	    200000 ns/op	   4800 cmds/s	  1.5 p50-ms	  9.25 p99-ms
 BenchmarkSnapshotMillionInstances-2    	       1	3000000000 ns/op	  512.0 vmrss_MiB	 2.1 snapshot_s
+BenchmarkSDSFanout/streams=1000-2      	       1	3000000000 ns/op	  16.2 client-KB/stream	 19.8 server-KB/stream
 pkg: github.com/meshca/meshca/ca
 BenchmarkIssue/p256/serial-2           	   10000	    250000 ns/op	    5000 B/op	      60 allocs/op
 PASS
@@ -41,8 +42,11 @@ func TestReportWritesResultsAndComparesWithPrevious(t *testing.T) {
 	if err := json.Unmarshal(data, &f); err != nil {
 		t.Fatal(err)
 	}
-	if len(f.Results) != 3 {
-		t.Fatalf("results = %d, want 3", len(f.Results))
+	if len(f.Results) != 4 {
+		t.Fatalf("results = %d, want 4", len(f.Results))
+	}
+	if s := f.Results[2]; s.RSS != 19.8 || s.RSSUnit != "server-KB/stream" {
+		t.Errorf("the server's memory must win over the client's: %v %q", s.RSS, s.RSSUnit)
 	}
 	p := f.Results[0]
 	if p.Name != "raftstore/BenchmarkPropose/leader/c=64" || p.Parameters["c"] != "64" {
@@ -54,7 +58,7 @@ func TestReportWritesResultsAndComparesWithPrevious(t *testing.T) {
 	if s := f.Results[1]; s.RSS != 512 || s.RSSUnit != "vmrss_MiB" {
 		t.Errorf("rss = %v %q", s.RSS, s.RSSUnit)
 	}
-	if i := f.Results[2]; i.OpsPerSec != 4000 {
+	if i := f.Results[3]; i.OpsPerSec != 4000 {
 		t.Errorf("ops/s from ns/op = %v, want 4000", i.OpsPerSec)
 	}
 	if f.Machine.CPU != "Example CPU @ 2.00GHz" || f.Machine.NumCPU == 0 {
