@@ -13,6 +13,12 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
+
+	tlsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
+	discovery "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
+	secretservice "github.com/envoyproxy/go-control-plane/envoy/service/secret/v3"
+	"github.com/envoyproxy/go-control-plane/pkg/resource/v3"
 
 	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
@@ -243,6 +249,19 @@ func TestFederationBetweenTwoClusters(t *testing.T) {
 		t.Fatal("mTLS succeeded between the two trust domains without federation")
 	}
 
+	// An agent's view: the bundle SDS of one of A's nodes, as agents stream it.
+	agentID := spiffeid.RequireFromSegments(tdA, "ns", "sys.agent", "sa", "node-1")
+	sds := newSDSWatch(t, ca1, ca1.Nodes[2], ca1.IssueCert(agentID, clustertest.CertOptions{}), "spiffe://b.test", "ALL")
+	sds.until(t, "b.test's bundle over SDS", func(got map[string]*tlsv3.Secret) error {
+		if n := len(sdsRoots(t, got["spiffe://b.test"])); n != 1 {
+			return fmt.Errorf("spiffe://b.test carries %d roots, want 1", n)
+		}
+		if !allHas(t, got["ALL"], tdB) {
+			return fmt.Errorf("ALL does not carry b.test")
+		}
+		return nil
+	})
+
 	// A new root in B: a prepared rotation publishes it in B's bundle; A's leader fetches it
 	// (here at once, instead of at the refresh hint) and every node of A serves both roots.
 	bc := ca2.Dial(bNode, ptr(ca2.AdminCert()))
@@ -253,7 +272,15 @@ func TestFederationBetweenTwoClusters(t *testing.T) {
 	if n := len(st.GetCa().GetRoots()); n != 2 {
 		t.Fatalf("B's bundle holds %d roots after prepare, want 2", n)
 	}
+	start := time.Now()
 	a.meshctl(t, "federation", "refresh", tdB.Name())
+	sds.until(t, "b.test's new root over SDS", func(got map[string]*tlsv3.Secret) error {
+		if n := len(sdsRoots(t, got["spiffe://b.test"])); n != 2 {
+			return fmt.Errorf("spiffe://b.test carries %d roots, want 2", n)
+		}
+		return nil
+	})
+	t.Logf("a new root of b.test: refresh on a.test to the SDS push of a node of a.test took %s", time.Since(start))
 	waitServed(t, ca1, "both of b.test's roots", func(set *x509bundle.Set) error {
 		got := federatedRoots(set, tdB)
 		if len(got) != 2 {
@@ -270,6 +297,15 @@ func TestFederationBetweenTwoClusters(t *testing.T) {
 	waitServed(t, ca1, "no bundle of b.test", func(set *x509bundle.Set) error {
 		if set.Has(tdB) {
 			return fmt.Errorf("b.test is still served")
+		}
+		return nil
+	})
+	sds.until(t, "no bundle of b.test over SDS", func(got map[string]*tlsv3.Secret) error {
+		if _, ok := got["spiffe://b.test"]; ok {
+			return fmt.Errorf("spiffe://b.test is still pushed")
+		}
+		if allHas(t, got["ALL"], tdB) {
+			return fmt.Errorf("ALL still carries b.test")
 		}
 		return nil
 	})
@@ -295,4 +331,84 @@ func mustParse(t *testing.T, der []byte) *x509.Certificate {
 		t.Fatal(err)
 	}
 	return c
+}
+
+// sdsWatch is a bundle SDS stream to a CA node, as an agent opens it.
+type sdsWatch struct {
+	st    secretservice.SecretDiscoveryService_StreamSecretsClient
+	names []string
+}
+
+func newSDSWatch(t *testing.T, c *clustertest.Cluster, n *clustertest.Node, cert tls.Certificate, names ...string) *sdsWatch {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	t.Cleanup(cancel)
+	st, err := secretservice.NewSecretDiscoveryServiceClient(c.Dial(n, &cert)).StreamSecrets(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := st.Send(&discovery.DiscoveryRequest{TypeUrl: resource.SecretType, ResourceNames: names}); err != nil {
+		t.Fatal(err)
+	}
+	return &sdsWatch{st: st, names: names}
+}
+
+// until receives (and acknowledges) pushed answers until one satisfies check; each answer
+// holds every current resource of the names asked for.
+func (w *sdsWatch) until(t *testing.T, what string, check func(map[string]*tlsv3.Secret) error) {
+	t.Helper()
+	var last error
+	for range 50 {
+		resp, err := w.st.Recv()
+		if err != nil {
+			t.Fatalf("waiting for %s (last: %v): %v", what, last, err)
+		}
+		got := map[string]*tlsv3.Secret{}
+		for _, r := range resp.GetResources() {
+			var s tlsv3.Secret
+			if err := r.UnmarshalTo(&s); err != nil {
+				t.Fatal(err)
+			}
+			got[s.GetName()] = &s
+		}
+		if err := w.st.Send(&discovery.DiscoveryRequest{TypeUrl: resource.SecretType, ResourceNames: w.names,
+			VersionInfo: resp.GetVersionInfo(), ResponseNonce: resp.GetNonce()}); err != nil {
+			t.Fatal(err)
+		}
+		if last = check(got); last == nil {
+			return
+		}
+	}
+	t.Fatalf("%s: not pushed in 50 answers; last: %v", what, last)
+}
+
+// sdsRoots are the roots of a validation context secret (none when s is nil).
+func sdsRoots(t *testing.T, s *tlsv3.Secret) []*x509.Certificate {
+	t.Helper()
+	if s == nil {
+		return nil
+	}
+	certs, err := ca.ParseCertificatesPEM(s.GetValidationContext().GetTrustedCa().GetInlineBytes())
+	if err != nil {
+		t.Fatal(err)
+	}
+	return certs
+}
+
+// allHas reports whether the ALL secret's SPIFFE validator config carries td.
+func allHas(t *testing.T, s *tlsv3.Secret, td spiffeid.TrustDomain) bool {
+	t.Helper()
+	if s == nil {
+		return false
+	}
+	var v tlsv3.SPIFFECertValidatorConfig
+	if err := s.GetValidationContext().GetCustomValidatorConfig().GetTypedConfig().UnmarshalTo(&v); err != nil {
+		t.Fatal(err)
+	}
+	for _, d := range v.GetTrustDomains() {
+		if d.GetName() == td.Name() {
+			return true
+		}
+	}
+	return false
 }
