@@ -18,6 +18,7 @@ import (
 
 	meshcav1 "github.com/meshca/meshca/api/meshca/v1"
 	"github.com/meshca/meshca/ca"
+	"github.com/meshca/meshca/ca/policy"
 )
 
 // Files of one apply entry: DIR/<name>/tls.json and DIR/<name>/csr.pem.
@@ -131,12 +132,29 @@ func applyOne(ctx context.Context, c meshcav1.AdminClient, dir, name string) (ap
 	switch s, _ := status.FromError(err); {
 	case err == nil:
 		e.outcome, e.state = applySubmitted, enumName(r.GetState(), "CSR_STATE_")
+		e.detail = droppedSANs(spec)
 	case s.Code() == codes.Unavailable || s.Code() == codes.Unauthenticated || s.Code() == codes.DeadlineExceeded:
 		return e, err // the run cannot go on; not a verdict on this entry
 	default:
 		e.outcome, e.detail = applyRefused, s.Code().String()+": "+s.Message()
 	}
 	return e, nil
+}
+
+// droppedSANs reports the spec SANs the CA leaves out of the certificate (invalid DNS names,
+// duplicates), by the same rule it applies (policy.Spec.DNSNames); "" when none is dropped or
+// the spec does not decode (the server has accepted it, so it does).
+func droppedSANs(specJSON []byte) string {
+	spec, err := policy.DecodeSpec(specJSON)
+	if err != nil {
+		return ""
+	}
+	_, dropped := spec.DNSNames()
+	var parts []string
+	for _, d := range dropped {
+		parts = append(parts, "dropped SAN "+d.String())
+	}
+	return strings.Join(parts, "; ")
 }
 
 // applyResult is the run's report as a message for JSON output.

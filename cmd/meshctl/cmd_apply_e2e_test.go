@@ -110,11 +110,17 @@ func TestApplyAgainstACluster(t *testing.T) {
 	dir := filepath.Join(e.dir, "tls")
 	webKey := newKey()
 	writeApplyEntry(t, dir, "web", `{"common_name": "web.sports.example", "purposes": ["server_auth"], "lifetime": 30}`, webKey, "web.sports.example")
-	writeApplyEntry(t, dir, "api", `{"common_name": "api.sports.example"}`, newKey(), "api.sports.example")
+	writeApplyEntry(t, dir, "api", `{"common_name": "api.sports.example", "sans": ["api.sports.example", "bad name!"]}`, newKey(), "api.sports.example")
 
 	first := apply(dir, 0)
 	if got := first.outcomes(); got["web"] != applySubmitted || got["api"] != applySubmitted || len(got) != 2 {
 		t.Fatalf("first apply: %+v", first)
+	}
+	// The SAN the CA leaves out is reported with the entry.
+	for _, en := range first.Entries {
+		if want := `dropped SAN "bad name!"`; en.Name == "api" && !strings.HasPrefix(en.Detail, want) {
+			t.Fatalf("api entry detail %q, want it to start with %q", en.Detail, want)
+		}
 	}
 	// Unchanged pending entries are not filed again.
 	if got := apply(dir, 0).outcomes(); got["web"] != applyUnchanged || got["api"] != applyUnchanged {
