@@ -147,6 +147,9 @@ func csrCommands() []*command {
 					if err != nil {
 						return err
 					}
+					if d := droppedSANs(specJSON); d != "" {
+						fmt.Fprintf(inv.app.stderr, "meshctl: csr submit: %s\n", d)
+					}
 					return inv.print(r, func(t *table) { csrRows(t, r) })
 				}
 			}},
