@@ -33,7 +33,15 @@ type SDSConfig struct {
 	Logger *slog.Logger
 	// Registerer receives the meshca_sds_* metrics; nil registers nothing.
 	Registerer prometheus.Registerer
+	// MaxResourceNames bounds the resource names one request may ask for (or subscribe to, on
+	// a delta stream); a request naming more is refused with ResourceExhausted.
+	// DefaultMaxResourceNames when zero.
+	MaxResourceNames int
 }
+
+// DefaultMaxResourceNames is SDSConfig.MaxResourceNames when it is zero: far more secrets than
+// one proxy uses, far fewer than a hostile client could name in one message.
+const DefaultMaxResourceNames = 1024
 
 // ErrConfig is returned by NewSDSServer and NewWorkloadAPI for a config they cannot run with.
 var ErrConfig = errors.New("invalid config")
@@ -45,6 +53,9 @@ func (c SDSConfig) Validate() error {
 	}
 	if c.Resolver == nil {
 		return fmt.Errorf("sds config: Resolver: must be set: %w", ErrConfig)
+	}
+	if c.MaxResourceNames < 0 {
+		return fmt.Errorf("sds config: MaxResourceNames: %d is negative: %w", c.MaxResourceNames, ErrConfig)
 	}
 	return nil
 }
@@ -62,6 +73,7 @@ type SDSServer struct {
 	xds      serverv3.Server
 	ctx      context.Context
 	stop     context.CancelFunc
+	maxNames int
 
 	streamsOpen prometheus.Gauge
 	pushes      prometheus.Counter
@@ -89,6 +101,7 @@ func NewSDSServer(cfg SDSConfig) (*SDSServer, error) {
 		log:      logger,
 		tracked:  make(map[spiffeid.ID]string),
 		nodes:    make(map[spiffeid.ID]*core.Node),
+		maxNames: cfg.MaxResourceNames,
 		streamsOpen: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "meshca_sds_streams_open", Help: "SDS streams (state of the world and delta) open now.",
 		}),
@@ -105,6 +118,9 @@ func NewSDSServer(cfg SDSConfig) (*SDSServer, error) {
 				return nil, fmt.Errorf("sds config: Registerer: %w", err)
 			}
 		}
+	}
+	if s.maxNames == 0 {
+		s.maxNames = DefaultMaxResourceNames
 	}
 	xl := slogAdapter(logger)
 	s.cache = newHoldCache(cache.NewSnapshotCache(false, cache.IDHash{}, xl))
@@ -223,8 +239,19 @@ func (s *SDSServer) FetchSecrets(ctx context.Context, req *discovery.DiscoveryRe
 	if req == nil {
 		return nil, status.Error(codes.InvalidArgument, "request: must not be empty")
 	}
+	if err := s.checkNames(len(req.GetResourceNames())); err != nil {
+		return nil, err
+	}
 	req.Node = node
 	return s.xds.FetchSecrets(ctx, req)
+}
+
+// checkNames refuses a request that names more resources than MaxResourceNames.
+func (s *SDSServer) checkNames(n int) error {
+	if n > s.maxNames {
+		return status.Errorf(codes.ResourceExhausted, "resource_names: %d names, more than the %d one request may ask for", n, s.maxNames)
+	}
+	return nil
 }
 
 // sotwStream replaces the node of every request with the one the connection proved.
@@ -268,12 +295,18 @@ func (s *SDSServer) callbacks() serverv3.Callbacks {
 		DeltaStreamOpenFunc:   open,
 		DeltaStreamClosedFunc: closed,
 		StreamRequestFunc: func(id int64, req *discovery.DiscoveryRequest) error {
+			if err := s.checkNames(len(req.GetResourceNames())); err != nil {
+				return err
+			}
 			if d := req.GetErrorDetail(); d != nil {
 				s.nack(id, req.GetNode().GetId(), req.GetVersionInfo(), req.GetResponseNonce(), req.GetResourceNames(), d.GetMessage())
 			}
 			return nil
 		},
 		StreamDeltaRequestFunc: func(id int64, req *discovery.DeltaDiscoveryRequest) error {
+			if err := s.checkNames(len(req.GetResourceNamesSubscribe())); err != nil {
+				return err
+			}
 			if d := req.GetErrorDetail(); d != nil {
 				s.nack(id, req.GetNode().GetId(), "", req.GetResponseNonce(), req.GetResourceNamesSubscribe(), d.GetMessage())
 			}
