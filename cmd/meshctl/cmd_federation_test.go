@@ -219,6 +219,8 @@ func TestFederationBetweenTwoClusters(t *testing.T) {
 			TrustDomain      string   `json:"trust_domain"`
 			EndpointSPIFFEID string   `json:"endpoint_spiffe_id"`
 			RootSHA256       []string `json:"root_sha256"`
+			Sequence         string   `json:"sequence"`
+			RefreshHint      string   `json:"refresh_hint_seconds"`
 		} `json:"federations"`
 	}
 	if err := json.Unmarshal([]byte(list), &listed); err != nil {
@@ -227,6 +229,10 @@ func TestFederationBetweenTwoClusters(t *testing.T) {
 	if len(listed.Federations) != 1 || listed.Federations[0].TrustDomain != tdB.Name() ||
 		listed.Federations[0].EndpointSPIFFEID != "spiffe://b.test/meshca/server/n1" || len(listed.Federations[0].RootSHA256) != 1 {
 		t.Fatalf("federation list: %s", list)
+	}
+	// B's bundle endpoint sets the refresh hint and a sequence number, and A keeps both.
+	if f := listed.Federations[0]; f.RefreshHint != fmt.Sprint(int64(controlplane.BundleRefreshHint/time.Second)) || f.Sequence == "" || f.Sequence == "0" {
+		t.Fatalf("stored refresh hint %q s and sequence %q; want %s and a sequence number", f.RefreshHint, f.Sequence, controlplane.BundleRefreshHint)
 	}
 
 	aID := spiffeid.RequireFromSegments(tdA, "ns", "sports", "sa", "api")
