@@ -79,11 +79,32 @@ func (r *rotationService) Prepare(ctx context.Context, _ *meshcav1.PrepareRotati
 	cmd := &meshcav1.Command{Command: &meshcav1.Command_PrepareCaRotation{PrepareCaRotation: &meshcav1.PrepareCARotationCommand{
 		NewRoot: iss.Certificate().Raw, NextIssuer: next,
 	}}}
-	if _, err := r.s.Apply(ctx, cmd); err != nil {
+	if err := r.apply(ctx, cmd); err != nil {
 		return nil, err
 	}
 	r.s.Logger().Info("ca rotation prepared", "next_issuer", next.GetId())
 	return r.status()
+}
+
+// apply commits a rotation step and waits until this node applied it, so the status it
+// answers with shows the step even when a follower forwarded it to the leader.
+func (r *rotationService) apply(ctx context.Context, cmd *meshcav1.Command) error {
+	res, err := r.s.Apply(ctx, cmd)
+	if err != nil {
+		return err
+	}
+	fsm := r.s.Store().FSM()
+	for {
+		changed := fsm.Changed()
+		if fsm.State().AppliedIndex() >= res.GetIndex() {
+			return nil
+		}
+		select {
+		case <-changed:
+		case <-ctx.Done():
+			return fmt.Errorf("ca rotation: committed at index %d, not yet applied on this node: %w", res.GetIndex(), ctx.Err())
+		}
+	}
 }
 
 // newRoot generates the next root's key and its self-signed certificate, and says where the
@@ -155,7 +176,7 @@ func (r *rotationService) Activate(ctx context.Context, req *meshcav1.ActivateRo
 		}
 	}
 	cmd := &meshcav1.Command{Command: &meshcav1.Command_ActivateCaIssuer{ActivateCaIssuer: &meshcav1.ActivateCAIssuerCommand{IssuerId: id}}}
-	if _, err := r.s.Apply(ctx, cmd); err != nil {
+	if err := r.apply(ctx, cmd); err != nil {
 		return nil, err
 	}
 	r.s.Logger().Info("ca rotation activated", "issuer", id)
@@ -204,7 +225,7 @@ func (r *rotationService) Retire(ctx context.Context, req *meshcav1.RetireRotati
 	}
 	// The state machine checks the same bound again at the command's time.
 	cmd := &meshcav1.Command{Time: now.UnixNano(), Command: &meshcav1.Command_RetireCaRoot{RetireCaRoot: &meshcav1.RetireCARootCommand{RootSha256: sum}}}
-	if _, err := r.s.Apply(ctx, cmd); err != nil {
+	if err := r.apply(ctx, cmd); err != nil {
 		return nil, err
 	}
 	r.s.Logger().Info("ca root retired", "root_sha256", pick.GetSha256())
