@@ -418,3 +418,27 @@ func allHas(t *testing.T, s *tlsv3.Secret, td spiffeid.TrustDomain) bool {
 	}
 	return false
 }
+
+func TestFederationCommandLine(t *testing.T) {
+	conn := []string{"--addr", "127.0.0.1:1", "--cert", "c", "--key", "k", "--ca-bundle", "b"}
+	tests := []struct {
+		name string
+		args []string
+		code int
+		want string
+	}{
+		{"add needs the endpoint", []string{"federation", "add", "b.test"}, exitUsage, "--endpoint is required"},
+		{"SPIFFE authentication needs the peer's bundle", []string{"federation", "add", "b.test", "--endpoint", "https://b.example/bundle", "--endpoint-spiffe-id", "spiffe://b.test/bundle"}, exitUsage, "--endpoint-spiffe-id needs --bundle"},
+		{"add names one trust domain", []string{"federation", "add", "--endpoint", "https://b.example/bundle"}, exitUsage, "expected TRUST-DOMAIN"},
+		{"remove names one trust domain", []string{"federation", "remove"}, exitUsage, "expected TRUST-DOMAIN"},
+		{"an unreadable bootstrap bundle", []string{"federation", "add", "b.test", "--endpoint", "https://b.example/bundle", "--endpoint-spiffe-id", "spiffe://b.test/bundle", "--bundle", "/nonexistent.pem"}, exitError, "--bundle"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			code, _, errOut := runMeshctl(t, append(tt.args, conn...)...)
+			if code != tt.code || !strings.Contains(errOut, tt.want) {
+				t.Fatalf("exit %d, stderr %q; want exit %d mentioning %q", code, errOut, tt.code, tt.want)
+			}
+		})
+	}
+}
