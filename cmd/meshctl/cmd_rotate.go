@@ -2,8 +2,10 @@ package main
 
 import (
 	"context"
+	"encoding/pem"
 	"flag"
 	"fmt"
+	"os"
 	"slices"
 	"strings"
 	"time"
@@ -27,6 +29,7 @@ func rotateCommands() []*command {
 				poll := fs.Duration("poll", 2*time.Second, "with --auto: how often to look again while waiting")
 				issuer := fs.String("issuer", "", "activate: the prepared issuer's id (default the prepared one)")
 				root := fs.String("root", "", "retire: the hex SHA-256 of the root to drop (default the oldest retirable one)")
+				bundleOut := fs.String("bundle-out", "", "write the trust bundle the step leaves (PEM, newest root first) to this file, for --ca-bundle and agents' trust_bundle")
 				return func(ctx context.Context, inv *invocation, args []string) error {
 					switch {
 					case *auto && len(args) > 0:
@@ -41,7 +44,14 @@ func rotateCommands() []*command {
 					}
 					r := rotator{inv: inv, c: meshcav1.NewCARotationClient(inv.dialed.conn)}
 					if *auto {
-						return r.auto(ctx, nodes, *poll)
+						st, err := r.auto(ctx, nodes, *poll)
+						if err != nil {
+							return err
+						}
+						if err := writeBundle(*bundleOut, st); err != nil {
+							return err
+						}
+						return r.inv.print(st, func(t *table) { renderRotation(t, st) })
 					}
 					var st *meshcav1.RotationStatus
 					var err error
@@ -64,6 +74,9 @@ func rotateCommands() []*command {
 						return usageError("step %q: want prepare, activate, retire or status", args[0])
 					}
 					if err != nil {
+						return err
+					}
+					if err := writeBundle(*bundleOut, st); err != nil {
 						return err
 					}
 					return inv.print(st, func(t *table) { renderRotation(t, st) })
@@ -99,17 +112,17 @@ func (r rotator) say(format string, args ...any) {
 // auto runs a whole rotation: prepare (unless one is prepared), wait until every node serves
 // the new root, activate, wait until the old issuer's last certificate expired, retire. Each
 // wait polls until ctx ends.
-func (r rotator) auto(ctx context.Context, nodes []string, poll time.Duration) error {
+func (r rotator) auto(ctx context.Context, nodes []string, poll time.Duration) (*meshcav1.RotationStatus, error) {
 	st, err := r.status(ctx)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	next := st.GetCa().GetNextIssuer()
 	if next == nil {
 		if st, err = call(ctx, r.inv, func(ctx context.Context) (*meshcav1.RotationStatus, error) {
 			return r.c.Prepare(ctx, &meshcav1.PrepareRotationRequest{})
 		}); err != nil {
-			return fmt.Errorf("prepare: %w", err)
+			return nil, fmt.Errorf("prepare: %w", err)
 		}
 		next = st.GetCa().GetNextIssuer()
 		r.say("prepared: next issuer %s, new root %s published beside the old", short(next.GetId()), short(next.GetRootSha256()))
@@ -121,21 +134,21 @@ func (r rotator) auto(ctx context.Context, nodes []string, poll time.Duration) e
 	}
 	for _, addr := range nodes {
 		if err := r.waitBundle(ctx, addr, next.GetRootSha256(), poll); err != nil {
-			return err
+			return nil, err
 		}
 		r.say("node %s serves the new root", addr)
 	}
 	if st, err = call(ctx, r.inv, func(ctx context.Context) (*meshcav1.RotationStatus, error) {
 		return r.c.Activate(ctx, &meshcav1.ActivateRotationRequest{IssuerId: next.GetId()})
 	}); err != nil {
-		return fmt.Errorf("activate: %w", err)
+		return nil, fmt.Errorf("activate: %w", err)
 	}
 	r.say("activated: new certificates are signed by issuer %s", short(next.GetId()))
 	for {
 		roots := st.GetRetirableRoots()
 		if len(roots) == 0 {
 			r.say("done: the bundle holds only roots an active issuer uses")
-			return r.inv.print(st, func(t *table) { renderRotation(t, st) })
+			return st, nil
 		}
 		old := roots[0]
 		if at := old.GetRetireAfter(); at != 0 {
@@ -149,11 +162,11 @@ func (r rotator) auto(ctx context.Context, nodes []string, poll time.Duration) e
 				break
 			}
 			if err := wait(ctx, poll); err != nil {
-				return fmt.Errorf("retire root %s: %w", old.GetSha256(), err)
+				return nil, fmt.Errorf("retire root %s: %w", old.GetSha256(), err)
 			}
 		}
 		if err != nil {
-			return fmt.Errorf("retire: %w", err)
+			return nil, fmt.Errorf("retire: %w", err)
 		}
 		r.say("retired root %s", short(old.GetSha256()))
 	}
@@ -200,6 +213,21 @@ func wait(ctx context.Context, d time.Duration) error {
 	case <-t.C:
 		return nil
 	}
+}
+
+// writeBundle writes the roots of st as PEM to path; an empty path writes nothing.
+func writeBundle(path string, st *meshcav1.RotationStatus) error {
+	if path == "" {
+		return nil
+	}
+	var out []byte
+	for _, r := range st.GetCa().GetRoots() {
+		out = append(out, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: r.GetDer()})...)
+	}
+	if err := os.WriteFile(path, out, 0o644); err != nil {
+		return fmt.Errorf("--bundle-out: %w", err)
+	}
+	return nil
 }
 
 // renderRotation draws a rotation status as a table.

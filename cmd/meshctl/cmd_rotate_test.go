@@ -1,6 +1,9 @@
 package main
 
 import (
+	"bytes"
+	"crypto/sha256"
+	"encoding/hex"
 	"encoding/json"
 	"encoding/pem"
 	"os"
@@ -51,7 +54,8 @@ func TestCARotateAgainstACluster(t *testing.T) {
 	}
 	oldRoot := before.CA.Roots[0].Sha256
 
-	args := []string{"ca", "rotate", "--auto", "--poll", "100ms"}
+	newBundle := filepath.Join(e.dir, "new-ca.pem")
+	args := []string{"ca", "rotate", "--auto", "--poll", "100ms", "--bundle-out", newBundle}
 	for _, n := range c.Nodes {
 		args = append(args, "--node", n.GRPCAddr)
 	}
@@ -67,6 +71,17 @@ func TestCARotateAgainstACluster(t *testing.T) {
 	// The final table lists the new root only: the old one appears in the "retired" line alone.
 	if n := strings.Count(out, short(oldRoot)); n != 1 {
 		t.Fatalf("the old root %s appears %d times, want only in the line that retired it:\n%s", oldRoot, n, out)
+	}
+	raw, err := os.ReadFile(newBundle)
+	if err != nil {
+		t.Fatal(err)
+	}
+	block, rest := pem.Decode(raw)
+	if block == nil || len(bytes.TrimSpace(rest)) != 0 {
+		t.Fatalf("--bundle-out wrote %q, want one certificate", raw)
+	}
+	if sum := sha256.Sum256(block.Bytes); hex.EncodeToString(sum[:]) == oldRoot || !strings.Contains(out, short(hex.EncodeToString(sum[:]))) {
+		t.Fatalf("--bundle-out holds root %x, want the new root the output names", sum)
 	}
 	if strings.Contains(out, "\nretired ") || !strings.Contains(out, "rotation  stable") {
 		t.Fatalf("after --auto the CA is not stable with no retired issuer:\n%s", out)
