@@ -118,6 +118,7 @@ func TestCARotationWithoutAFailedHandshake(t *testing.T) {
 	admin := c.AdminCert()
 	rot := meshcav1.NewCARotationClient(c.Dial(c.Followers()[0], &admin))
 
+	start := time.Now()
 	prepared, err := rot.Prepare(ctx, &meshcav1.PrepareRotationRequest{})
 	if err != nil {
 		t.Fatalf("prepare: %v", err)
@@ -130,6 +131,7 @@ func TestCARotationWithoutAFailedHandshake(t *testing.T) {
 		got := e.recvUntil("ROOTCA with both roots", func(m map[string]*tlsv3.Secret) bool {
 			return m[sds.NameRootCA] != nil && len(rootSums(t, m[sds.NameRootCA])) == 2
 		})
+		t.Logf("prepare call to ROOTCA with both roots on the Envoy stream: %s", time.Since(start))
 		roots := strings.Join(rootSums(t, got[sds.NameRootCA]), ",")
 		if !strings.Contains(roots, newRoot) || !strings.Contains(roots, oldRoots[0]) {
 			t.Fatalf("ROOTCA %s, want %s and %s", roots, newRoot, oldRoots[0])
@@ -137,6 +139,7 @@ func TestCARotationWithoutAFailedHandshake(t *testing.T) {
 	})
 	demoProgress("the demo talks with both roots trusted", 1)
 
+	activated := time.Now()
 	if _, err := rot.Activate(ctx, &meshcav1.ActivateRotationRequest{}); err != nil {
 		t.Fatalf("activate: %v", err)
 	}
@@ -154,6 +157,7 @@ func TestCARotationWithoutAFailedHandshake(t *testing.T) {
 			}
 			return false
 		})
+		t.Logf("activate call to the first certificate under the new root on the Envoy stream: %s", time.Since(activated))
 		chain := certOf(t, got[sds.NameDefault])
 		for _, r := range rootsOf(t, got[sds.NameRootCA]) {
 			sum := sha256.Sum256(r.Raw)
