@@ -168,6 +168,18 @@ func TestApplyAgainstACluster(t *testing.T) {
 	if out := e.ok(admin, "csr", "approve", forced.id(t, "web-v2")); !strings.Contains(out, "issued") {
 		t.Fatalf("csr approve (forced reuse) printed %q", out)
 	}
+	// Both issuances are published as events, in log order, each with its serial.
+	lines := strings.Split(strings.TrimSpace(e.ok(admin, "events", "watch", "--from", "1", "--kind", "csr-issued", "--count", "2", "-o", "json")), "\n")
+	for i, want := range []string{webID, forced.id(t, "web-v2")} {
+		var ev struct {
+			Kind    string `json:"kind"`
+			Subject string `json:"subject"`
+			Serial  string `json:"serial"`
+		}
+		if i >= len(lines) || json.Unmarshal([]byte(lines[i]), &ev) != nil || ev.Subject != want || ev.Serial == "" || ev.Kind != "EVENT_KIND_CSR_ISSUED" {
+			t.Fatalf("csr-issued events %q, want %s then %s", lines, webID, forced.id(t, "web-v2"))
+		}
+	}
 
 	// csr get --out DIR: cert.pem and chain.pem, 0600, even over a wider file left there.
 	out := filepath.Join(e.dir, "out")
