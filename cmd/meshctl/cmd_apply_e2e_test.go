@@ -9,13 +9,16 @@ import (
 	"crypto/x509/pkix"
 	"encoding/json"
 	"encoding/pem"
+	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
 
 	"github.com/meshca/meshca/controlplane"
 	"github.com/meshca/meshca/internal/clustertest"
+	"github.com/meshca/meshca/internal/testenv"
 )
 
 // applyReport is `meshctl apply -o json`'s answer.
@@ -225,6 +228,43 @@ func TestApplyAgainstACluster(t *testing.T) {
 	if _, err := leaf.Verify(x509.VerifyOptions{Roots: c.Roots(), Intermediates: inter, DNSName: "web.sports.example", KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}}); err != nil {
 		t.Fatalf("csr get certificate: %v", err)
 	}
+	// Revoking the request's certificate puts its serial on the CRL; openssl then refuses it.
+	// A pending request has no certificate to revoke.
+	oneErrorLine(t, e.run(admin, "csr", "revoke", first.id(t, "api")), exitError, "meshctl: csr revoke: FailedPrecondition: id: csr request \""+first.id(t, "api")+"\" is CSR_STATE_PENDING")
+	e.ok(admin, "csr", "revoke", webID, "--reason", "key-compromise", "--detail", "apply test")
+	crlPath := filepath.Join(e.dir, "crl.der")
+	var crl *x509.RevocationList
+	c.Poll("the CRL lists the revoked request's serial", func() error {
+		e.ok(admin, "crl", "get", "--out", crlPath)
+		der, err := os.ReadFile(crlPath)
+		if err != nil {
+			return err
+		}
+		if crl, err = x509.ParseRevocationList(der); err != nil {
+			return err
+		}
+		for _, en := range crl.RevokedCertificateEntries {
+			if en.SerialNumber.Cmp(leaf.SerialNumber) == 0 {
+				if en.ReasonCode != 1 {
+					return fmt.Errorf("listed with reason %d, want 1 (key compromise)", en.ReasonCode)
+				}
+				return nil
+			}
+		}
+		return fmt.Errorf("serial %s not listed (%d entries)", leaf.SerialNumber.Text(16), len(crl.RevokedCertificateEntries))
+	})
+	openssl := testenv.RequireOpenSSL(t)
+	crlPEM := filepath.Join(e.dir, "crl.pem")
+	if err := os.WriteFile(crlPEM, pem.EncodeToMemory(&pem.Block{Type: "X509 CRL", Bytes: crl.Raw}), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if out, err := exec.Command(openssl, "verify", "-CAfile", filepath.Join(out, "chain.pem"), filepath.Join(out, "cert.pem")).CombinedOutput(); err != nil {
+		t.Fatalf("openssl verify without the CRL: %v: %s", err, out)
+	}
+	if out, err := exec.Command(openssl, "verify", "-crl_check", "-CAfile", filepath.Join(out, "chain.pem"), "-CRLfile", crlPEM, filepath.Join(out, "cert.pem")).CombinedOutput(); err == nil || !strings.Contains(string(out), "certificate revoked") {
+		t.Fatalf("openssl verify -crl_check of the revoked certificate: %v: %s", err, out)
+	}
+
 	// A request without a certificate: a one-line refusal, nothing written.
 	pending := filepath.Join(e.dir, "pending")
 	oneErrorLine(t, e.run(admin, "csr", "get", first.id(t, "api"), "--out", pending), exitError, "meshctl: csr get: --out: csr request "+first.id(t, "api")+" has no certificate")

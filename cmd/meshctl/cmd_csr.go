@@ -220,6 +220,26 @@ func csrCommands() []*command {
 					return inv.print(r, func(t *table) { csrRows(t, r) })
 				}
 			}},
+		{path: "csr revoke", args: "ID", summary: "revoke the certificate an issued request received: it joins the CRL", minArgs: 1, maxArgs: 1,
+			setup: func(fs *flag.FlagSet) runFunc {
+				reason := fs.String("reason", "unspecified", "CRL reason: one of "+reasonNames())
+				detail := fs.String("detail", "", "why, for the audit log")
+				return func(ctx context.Context, inv *invocation, args []string) error {
+					why, ok := revocationReasons[*reason]
+					if !ok {
+						return usageError("--reason %q is not one of %s", *reason, reasonNames())
+					}
+					c, err := inv.admin()
+					if err != nil {
+						return err
+					}
+					r, err := c.RevokeCSR(ctx, &meshcav1.RevokeCSRRequest{Id: args[0], Reason: why, Detail: *detail})
+					if err != nil {
+						return err
+					}
+					return inv.print(r, func(t *table) { csrRows(t, r) })
+				}
+			}},
 		{path: "csr deny", args: "ID", summary: "deny a pending request", minArgs: 1, maxArgs: 1,
 			setup: func(fs *flag.FlagSet) runFunc {
 				reason := fs.String("reason", "", "why (required)")

@@ -1697,6 +1697,68 @@ func (x *ApproveCSRRequest) GetId() string {
 	return ""
 }
 
+// RevokeCSRRequest names an issued request whose certificate is revoked, with the CRL reason
+// and a free-text detail.
+type RevokeCSRRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Id            string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	Reason        RevocationReason       `protobuf:"varint,2,opt,name=reason,proto3,enum=meshca.v1.RevocationReason" json:"reason,omitempty"`
+	Detail        string                 `protobuf:"bytes,3,opt,name=detail,proto3" json:"detail,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RevokeCSRRequest) Reset() {
+	*x = RevokeCSRRequest{}
+	mi := &file_meshca_v1_admin_proto_msgTypes[31]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RevokeCSRRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RevokeCSRRequest) ProtoMessage() {}
+
+func (x *RevokeCSRRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_meshca_v1_admin_proto_msgTypes[31]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RevokeCSRRequest.ProtoReflect.Descriptor instead.
+func (*RevokeCSRRequest) Descriptor() ([]byte, []int) {
+	return file_meshca_v1_admin_proto_rawDescGZIP(), []int{31}
+}
+
+func (x *RevokeCSRRequest) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+func (x *RevokeCSRRequest) GetReason() RevocationReason {
+	if x != nil {
+		return x.Reason
+	}
+	return RevocationReason_REVOCATION_REASON_UNSPECIFIED
+}
+
+func (x *RevokeCSRRequest) GetDetail() string {
+	if x != nil {
+		return x.Detail
+	}
+	return ""
+}
+
 // DenyCSRRequest names a pending request and says why it is denied.
 type DenyCSRRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
@@ -1708,7 +1770,7 @@ type DenyCSRRequest struct {
 
 func (x *DenyCSRRequest) Reset() {
 	*x = DenyCSRRequest{}
-	mi := &file_meshca_v1_admin_proto_msgTypes[31]
+	mi := &file_meshca_v1_admin_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1720,7 +1782,7 @@ func (x *DenyCSRRequest) String() string {
 func (*DenyCSRRequest) ProtoMessage() {}
 
 func (x *DenyCSRRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_meshca_v1_admin_proto_msgTypes[31]
+	mi := &file_meshca_v1_admin_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1733,7 +1795,7 @@ func (x *DenyCSRRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DenyCSRRequest.ProtoReflect.Descriptor instead.
 func (*DenyCSRRequest) Descriptor() ([]byte, []int) {
-	return file_meshca_v1_admin_proto_rawDescGZIP(), []int{31}
+	return file_meshca_v1_admin_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *DenyCSRRequest) GetId() string {
@@ -1760,7 +1822,7 @@ type ListCSRsRequest struct {
 
 func (x *ListCSRsRequest) Reset() {
 	*x = ListCSRsRequest{}
-	mi := &file_meshca_v1_admin_proto_msgTypes[32]
+	mi := &file_meshca_v1_admin_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1772,7 +1834,7 @@ func (x *ListCSRsRequest) String() string {
 func (*ListCSRsRequest) ProtoMessage() {}
 
 func (x *ListCSRsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_meshca_v1_admin_proto_msgTypes[32]
+	mi := &file_meshca_v1_admin_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1785,7 +1847,7 @@ func (x *ListCSRsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListCSRsRequest.ProtoReflect.Descriptor instead.
 func (*ListCSRsRequest) Descriptor() ([]byte, []int) {
-	return file_meshca_v1_admin_proto_rawDescGZIP(), []int{32}
+	return file_meshca_v1_admin_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *ListCSRsRequest) GetState() CSRState {
@@ -1805,7 +1867,7 @@ type ListCSRsResponse struct {
 
 func (x *ListCSRsResponse) Reset() {
 	*x = ListCSRsResponse{}
-	mi := &file_meshca_v1_admin_proto_msgTypes[33]
+	mi := &file_meshca_v1_admin_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1817,7 +1879,7 @@ func (x *ListCSRsResponse) String() string {
 func (*ListCSRsResponse) ProtoMessage() {}
 
 func (x *ListCSRsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_meshca_v1_admin_proto_msgTypes[33]
+	mi := &file_meshca_v1_admin_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1830,7 +1892,7 @@ func (x *ListCSRsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListCSRsResponse.ProtoReflect.Descriptor instead.
 func (*ListCSRsResponse) Descriptor() ([]byte, []int) {
-	return file_meshca_v1_admin_proto_rawDescGZIP(), []int{33}
+	return file_meshca_v1_admin_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *ListCSRsResponse) GetRequests() []*CSRRequest {
@@ -1850,7 +1912,7 @@ type GetCSRRequest struct {
 
 func (x *GetCSRRequest) Reset() {
 	*x = GetCSRRequest{}
-	mi := &file_meshca_v1_admin_proto_msgTypes[34]
+	mi := &file_meshca_v1_admin_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1862,7 +1924,7 @@ func (x *GetCSRRequest) String() string {
 func (*GetCSRRequest) ProtoMessage() {}
 
 func (x *GetCSRRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_meshca_v1_admin_proto_msgTypes[34]
+	mi := &file_meshca_v1_admin_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1875,7 +1937,7 @@ func (x *GetCSRRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetCSRRequest.ProtoReflect.Descriptor instead.
 func (*GetCSRRequest) Descriptor() ([]byte, []int) {
-	return file_meshca_v1_admin_proto_rawDescGZIP(), []int{34}
+	return file_meshca_v1_admin_proto_rawDescGZIP(), []int{35}
 }
 
 func (x *GetCSRRequest) GetId() string {
@@ -1894,7 +1956,7 @@ type GetCAStatusRequest struct {
 
 func (x *GetCAStatusRequest) Reset() {
 	*x = GetCAStatusRequest{}
-	mi := &file_meshca_v1_admin_proto_msgTypes[35]
+	mi := &file_meshca_v1_admin_proto_msgTypes[36]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1906,7 +1968,7 @@ func (x *GetCAStatusRequest) String() string {
 func (*GetCAStatusRequest) ProtoMessage() {}
 
 func (x *GetCAStatusRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_meshca_v1_admin_proto_msgTypes[35]
+	mi := &file_meshca_v1_admin_proto_msgTypes[36]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1919,7 +1981,7 @@ func (x *GetCAStatusRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetCAStatusRequest.ProtoReflect.Descriptor instead.
 func (*GetCAStatusRequest) Descriptor() ([]byte, []int) {
-	return file_meshca_v1_admin_proto_rawDescGZIP(), []int{35}
+	return file_meshca_v1_admin_proto_rawDescGZIP(), []int{36}
 }
 
 // CARoot describes one root of the trust bundle.
@@ -1938,7 +2000,7 @@ type CARoot struct {
 
 func (x *CARoot) Reset() {
 	*x = CARoot{}
-	mi := &file_meshca_v1_admin_proto_msgTypes[36]
+	mi := &file_meshca_v1_admin_proto_msgTypes[37]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1950,7 +2012,7 @@ func (x *CARoot) String() string {
 func (*CARoot) ProtoMessage() {}
 
 func (x *CARoot) ProtoReflect() protoreflect.Message {
-	mi := &file_meshca_v1_admin_proto_msgTypes[36]
+	mi := &file_meshca_v1_admin_proto_msgTypes[37]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1963,7 +2025,7 @@ func (x *CARoot) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CARoot.ProtoReflect.Descriptor instead.
 func (*CARoot) Descriptor() ([]byte, []int) {
-	return file_meshca_v1_admin_proto_rawDescGZIP(), []int{36}
+	return file_meshca_v1_admin_proto_rawDescGZIP(), []int{37}
 }
 
 func (x *CARoot) GetSubject() string {
@@ -2025,7 +2087,7 @@ type CAIssuer struct {
 
 func (x *CAIssuer) Reset() {
 	*x = CAIssuer{}
-	mi := &file_meshca_v1_admin_proto_msgTypes[37]
+	mi := &file_meshca_v1_admin_proto_msgTypes[38]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2037,7 +2099,7 @@ func (x *CAIssuer) String() string {
 func (*CAIssuer) ProtoMessage() {}
 
 func (x *CAIssuer) ProtoReflect() protoreflect.Message {
-	mi := &file_meshca_v1_admin_proto_msgTypes[37]
+	mi := &file_meshca_v1_admin_proto_msgTypes[38]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2050,7 +2112,7 @@ func (x *CAIssuer) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CAIssuer.ProtoReflect.Descriptor instead.
 func (*CAIssuer) Descriptor() ([]byte, []int) {
-	return file_meshca_v1_admin_proto_rawDescGZIP(), []int{37}
+	return file_meshca_v1_admin_proto_rawDescGZIP(), []int{38}
 }
 
 func (x *CAIssuer) GetId() string {
@@ -2137,7 +2199,7 @@ type CAStatus struct {
 
 func (x *CAStatus) Reset() {
 	*x = CAStatus{}
-	mi := &file_meshca_v1_admin_proto_msgTypes[38]
+	mi := &file_meshca_v1_admin_proto_msgTypes[39]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2149,7 +2211,7 @@ func (x *CAStatus) String() string {
 func (*CAStatus) ProtoMessage() {}
 
 func (x *CAStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_meshca_v1_admin_proto_msgTypes[38]
+	mi := &file_meshca_v1_admin_proto_msgTypes[39]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2162,7 +2224,7 @@ func (x *CAStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CAStatus.ProtoReflect.Descriptor instead.
 func (*CAStatus) Descriptor() ([]byte, []int) {
-	return file_meshca_v1_admin_proto_rawDescGZIP(), []int{38}
+	return file_meshca_v1_admin_proto_rawDescGZIP(), []int{39}
 }
 
 func (x *CAStatus) GetTrustDomain() string {
@@ -2230,7 +2292,7 @@ type GetCRLRequest struct {
 
 func (x *GetCRLRequest) Reset() {
 	*x = GetCRLRequest{}
-	mi := &file_meshca_v1_admin_proto_msgTypes[39]
+	mi := &file_meshca_v1_admin_proto_msgTypes[40]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2242,7 +2304,7 @@ func (x *GetCRLRequest) String() string {
 func (*GetCRLRequest) ProtoMessage() {}
 
 func (x *GetCRLRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_meshca_v1_admin_proto_msgTypes[39]
+	mi := &file_meshca_v1_admin_proto_msgTypes[40]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2255,7 +2317,7 @@ func (x *GetCRLRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetCRLRequest.ProtoReflect.Descriptor instead.
 func (*GetCRLRequest) Descriptor() ([]byte, []int) {
-	return file_meshca_v1_admin_proto_rawDescGZIP(), []int{39}
+	return file_meshca_v1_admin_proto_rawDescGZIP(), []int{40}
 }
 
 // GetCRLResponse carries the CRL.
@@ -2269,7 +2331,7 @@ type GetCRLResponse struct {
 
 func (x *GetCRLResponse) Reset() {
 	*x = GetCRLResponse{}
-	mi := &file_meshca_v1_admin_proto_msgTypes[40]
+	mi := &file_meshca_v1_admin_proto_msgTypes[41]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2281,7 +2343,7 @@ func (x *GetCRLResponse) String() string {
 func (*GetCRLResponse) ProtoMessage() {}
 
 func (x *GetCRLResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_meshca_v1_admin_proto_msgTypes[40]
+	mi := &file_meshca_v1_admin_proto_msgTypes[41]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2294,7 +2356,7 @@ func (x *GetCRLResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetCRLResponse.ProtoReflect.Descriptor instead.
 func (*GetCRLResponse) Descriptor() ([]byte, []int) {
-	return file_meshca_v1_admin_proto_rawDescGZIP(), []int{40}
+	return file_meshca_v1_admin_proto_rawDescGZIP(), []int{41}
 }
 
 func (x *GetCRLResponse) GetDer() []byte {
@@ -2317,7 +2379,7 @@ type ClusterStatusRequest struct {
 
 func (x *ClusterStatusRequest) Reset() {
 	*x = ClusterStatusRequest{}
-	mi := &file_meshca_v1_admin_proto_msgTypes[41]
+	mi := &file_meshca_v1_admin_proto_msgTypes[42]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2329,7 +2391,7 @@ func (x *ClusterStatusRequest) String() string {
 func (*ClusterStatusRequest) ProtoMessage() {}
 
 func (x *ClusterStatusRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_meshca_v1_admin_proto_msgTypes[41]
+	mi := &file_meshca_v1_admin_proto_msgTypes[42]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2342,7 +2404,7 @@ func (x *ClusterStatusRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ClusterStatusRequest.ProtoReflect.Descriptor instead.
 func (*ClusterStatusRequest) Descriptor() ([]byte, []int) {
-	return file_meshca_v1_admin_proto_rawDescGZIP(), []int{41}
+	return file_meshca_v1_admin_proto_rawDescGZIP(), []int{42}
 }
 
 func (x *ClusterStatusRequest) GetStateHash() bool {
@@ -2372,7 +2434,7 @@ type ClusterPeer struct {
 
 func (x *ClusterPeer) Reset() {
 	*x = ClusterPeer{}
-	mi := &file_meshca_v1_admin_proto_msgTypes[42]
+	mi := &file_meshca_v1_admin_proto_msgTypes[43]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2384,7 +2446,7 @@ func (x *ClusterPeer) String() string {
 func (*ClusterPeer) ProtoMessage() {}
 
 func (x *ClusterPeer) ProtoReflect() protoreflect.Message {
-	mi := &file_meshca_v1_admin_proto_msgTypes[42]
+	mi := &file_meshca_v1_admin_proto_msgTypes[43]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2397,7 +2459,7 @@ func (x *ClusterPeer) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ClusterPeer.ProtoReflect.Descriptor instead.
 func (*ClusterPeer) Descriptor() ([]byte, []int) {
-	return file_meshca_v1_admin_proto_rawDescGZIP(), []int{42}
+	return file_meshca_v1_admin_proto_rawDescGZIP(), []int{43}
 }
 
 func (x *ClusterPeer) GetId() string {
@@ -2476,7 +2538,7 @@ type ClusterStatusResponse struct {
 
 func (x *ClusterStatusResponse) Reset() {
 	*x = ClusterStatusResponse{}
-	mi := &file_meshca_v1_admin_proto_msgTypes[43]
+	mi := &file_meshca_v1_admin_proto_msgTypes[44]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2488,7 +2550,7 @@ func (x *ClusterStatusResponse) String() string {
 func (*ClusterStatusResponse) ProtoMessage() {}
 
 func (x *ClusterStatusResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_meshca_v1_admin_proto_msgTypes[43]
+	mi := &file_meshca_v1_admin_proto_msgTypes[44]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2501,7 +2563,7 @@ func (x *ClusterStatusResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ClusterStatusResponse.ProtoReflect.Descriptor instead.
 func (*ClusterStatusResponse) Descriptor() ([]byte, []int) {
-	return file_meshca_v1_admin_proto_rawDescGZIP(), []int{43}
+	return file_meshca_v1_admin_proto_rawDescGZIP(), []int{44}
 }
 
 func (x *ClusterStatusResponse) GetNodeId() string {
@@ -2599,7 +2661,7 @@ type JoinNodeRequest struct {
 
 func (x *JoinNodeRequest) Reset() {
 	*x = JoinNodeRequest{}
-	mi := &file_meshca_v1_admin_proto_msgTypes[44]
+	mi := &file_meshca_v1_admin_proto_msgTypes[45]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2611,7 +2673,7 @@ func (x *JoinNodeRequest) String() string {
 func (*JoinNodeRequest) ProtoMessage() {}
 
 func (x *JoinNodeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_meshca_v1_admin_proto_msgTypes[44]
+	mi := &file_meshca_v1_admin_proto_msgTypes[45]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2624,7 +2686,7 @@ func (x *JoinNodeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use JoinNodeRequest.ProtoReflect.Descriptor instead.
 func (*JoinNodeRequest) Descriptor() ([]byte, []int) {
-	return file_meshca_v1_admin_proto_rawDescGZIP(), []int{44}
+	return file_meshca_v1_admin_proto_rawDescGZIP(), []int{45}
 }
 
 func (x *JoinNodeRequest) GetId() string {
@@ -2650,7 +2712,7 @@ type JoinNodeResponse struct {
 
 func (x *JoinNodeResponse) Reset() {
 	*x = JoinNodeResponse{}
-	mi := &file_meshca_v1_admin_proto_msgTypes[45]
+	mi := &file_meshca_v1_admin_proto_msgTypes[46]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2662,7 +2724,7 @@ func (x *JoinNodeResponse) String() string {
 func (*JoinNodeResponse) ProtoMessage() {}
 
 func (x *JoinNodeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_meshca_v1_admin_proto_msgTypes[45]
+	mi := &file_meshca_v1_admin_proto_msgTypes[46]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2675,7 +2737,7 @@ func (x *JoinNodeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use JoinNodeResponse.ProtoReflect.Descriptor instead.
 func (*JoinNodeResponse) Descriptor() ([]byte, []int) {
-	return file_meshca_v1_admin_proto_rawDescGZIP(), []int{45}
+	return file_meshca_v1_admin_proto_rawDescGZIP(), []int{46}
 }
 
 // RemoveNodeRequest names the node to remove.
@@ -2688,7 +2750,7 @@ type RemoveNodeRequest struct {
 
 func (x *RemoveNodeRequest) Reset() {
 	*x = RemoveNodeRequest{}
-	mi := &file_meshca_v1_admin_proto_msgTypes[46]
+	mi := &file_meshca_v1_admin_proto_msgTypes[47]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2700,7 +2762,7 @@ func (x *RemoveNodeRequest) String() string {
 func (*RemoveNodeRequest) ProtoMessage() {}
 
 func (x *RemoveNodeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_meshca_v1_admin_proto_msgTypes[46]
+	mi := &file_meshca_v1_admin_proto_msgTypes[47]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2713,7 +2775,7 @@ func (x *RemoveNodeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RemoveNodeRequest.ProtoReflect.Descriptor instead.
 func (*RemoveNodeRequest) Descriptor() ([]byte, []int) {
-	return file_meshca_v1_admin_proto_rawDescGZIP(), []int{46}
+	return file_meshca_v1_admin_proto_rawDescGZIP(), []int{47}
 }
 
 func (x *RemoveNodeRequest) GetId() string {
@@ -2732,7 +2794,7 @@ type RemoveNodeResponse struct {
 
 func (x *RemoveNodeResponse) Reset() {
 	*x = RemoveNodeResponse{}
-	mi := &file_meshca_v1_admin_proto_msgTypes[47]
+	mi := &file_meshca_v1_admin_proto_msgTypes[48]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2744,7 +2806,7 @@ func (x *RemoveNodeResponse) String() string {
 func (*RemoveNodeResponse) ProtoMessage() {}
 
 func (x *RemoveNodeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_meshca_v1_admin_proto_msgTypes[47]
+	mi := &file_meshca_v1_admin_proto_msgTypes[48]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2757,7 +2819,7 @@ func (x *RemoveNodeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RemoveNodeResponse.ProtoReflect.Descriptor instead.
 func (*RemoveNodeResponse) Descriptor() ([]byte, []int) {
-	return file_meshca_v1_admin_proto_rawDescGZIP(), []int{47}
+	return file_meshca_v1_admin_proto_rawDescGZIP(), []int{48}
 }
 
 // TransferLeaderRequest names the voter to lead; empty lets Raft pick the most up-to-date one.
@@ -2770,7 +2832,7 @@ type TransferLeaderRequest struct {
 
 func (x *TransferLeaderRequest) Reset() {
 	*x = TransferLeaderRequest{}
-	mi := &file_meshca_v1_admin_proto_msgTypes[48]
+	mi := &file_meshca_v1_admin_proto_msgTypes[49]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2782,7 +2844,7 @@ func (x *TransferLeaderRequest) String() string {
 func (*TransferLeaderRequest) ProtoMessage() {}
 
 func (x *TransferLeaderRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_meshca_v1_admin_proto_msgTypes[48]
+	mi := &file_meshca_v1_admin_proto_msgTypes[49]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2795,7 +2857,7 @@ func (x *TransferLeaderRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TransferLeaderRequest.ProtoReflect.Descriptor instead.
 func (*TransferLeaderRequest) Descriptor() ([]byte, []int) {
-	return file_meshca_v1_admin_proto_rawDescGZIP(), []int{48}
+	return file_meshca_v1_admin_proto_rawDescGZIP(), []int{49}
 }
 
 func (x *TransferLeaderRequest) GetId() string {
@@ -2814,7 +2876,7 @@ type TransferLeaderResponse struct {
 
 func (x *TransferLeaderResponse) Reset() {
 	*x = TransferLeaderResponse{}
-	mi := &file_meshca_v1_admin_proto_msgTypes[49]
+	mi := &file_meshca_v1_admin_proto_msgTypes[50]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2826,7 +2888,7 @@ func (x *TransferLeaderResponse) String() string {
 func (*TransferLeaderResponse) ProtoMessage() {}
 
 func (x *TransferLeaderResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_meshca_v1_admin_proto_msgTypes[49]
+	mi := &file_meshca_v1_admin_proto_msgTypes[50]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2839,7 +2901,7 @@ func (x *TransferLeaderResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TransferLeaderResponse.ProtoReflect.Descriptor instead.
 func (*TransferLeaderResponse) Descriptor() ([]byte, []int) {
-	return file_meshca_v1_admin_proto_rawDescGZIP(), []int{49}
+	return file_meshca_v1_admin_proto_rawDescGZIP(), []int{50}
 }
 
 // TakeSnapshotRequest is empty.
@@ -2851,7 +2913,7 @@ type TakeSnapshotRequest struct {
 
 func (x *TakeSnapshotRequest) Reset() {
 	*x = TakeSnapshotRequest{}
-	mi := &file_meshca_v1_admin_proto_msgTypes[50]
+	mi := &file_meshca_v1_admin_proto_msgTypes[51]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2863,7 +2925,7 @@ func (x *TakeSnapshotRequest) String() string {
 func (*TakeSnapshotRequest) ProtoMessage() {}
 
 func (x *TakeSnapshotRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_meshca_v1_admin_proto_msgTypes[50]
+	mi := &file_meshca_v1_admin_proto_msgTypes[51]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2876,7 +2938,7 @@ func (x *TakeSnapshotRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TakeSnapshotRequest.ProtoReflect.Descriptor instead.
 func (*TakeSnapshotRequest) Descriptor() ([]byte, []int) {
-	return file_meshca_v1_admin_proto_rawDescGZIP(), []int{50}
+	return file_meshca_v1_admin_proto_rawDescGZIP(), []int{51}
 }
 
 // TakeSnapshotResponse describes the snapshot taken.
@@ -2894,7 +2956,7 @@ type TakeSnapshotResponse struct {
 
 func (x *TakeSnapshotResponse) Reset() {
 	*x = TakeSnapshotResponse{}
-	mi := &file_meshca_v1_admin_proto_msgTypes[51]
+	mi := &file_meshca_v1_admin_proto_msgTypes[52]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2906,7 +2968,7 @@ func (x *TakeSnapshotResponse) String() string {
 func (*TakeSnapshotResponse) ProtoMessage() {}
 
 func (x *TakeSnapshotResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_meshca_v1_admin_proto_msgTypes[51]
+	mi := &file_meshca_v1_admin_proto_msgTypes[52]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2919,7 +2981,7 @@ func (x *TakeSnapshotResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TakeSnapshotResponse.ProtoReflect.Descriptor instead.
 func (*TakeSnapshotResponse) Descriptor() ([]byte, []int) {
-	return file_meshca_v1_admin_proto_rawDescGZIP(), []int{51}
+	return file_meshca_v1_admin_proto_rawDescGZIP(), []int{52}
 }
 
 func (x *TakeSnapshotResponse) GetId() string {
@@ -2970,7 +3032,7 @@ type WatchEventsRequest struct {
 
 func (x *WatchEventsRequest) Reset() {
 	*x = WatchEventsRequest{}
-	mi := &file_meshca_v1_admin_proto_msgTypes[52]
+	mi := &file_meshca_v1_admin_proto_msgTypes[53]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2982,7 +3044,7 @@ func (x *WatchEventsRequest) String() string {
 func (*WatchEventsRequest) ProtoMessage() {}
 
 func (x *WatchEventsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_meshca_v1_admin_proto_msgTypes[52]
+	mi := &file_meshca_v1_admin_proto_msgTypes[53]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2995,7 +3057,7 @@ func (x *WatchEventsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchEventsRequest.ProtoReflect.Descriptor instead.
 func (*WatchEventsRequest) Descriptor() ([]byte, []int) {
-	return file_meshca_v1_admin_proto_rawDescGZIP(), []int{52}
+	return file_meshca_v1_admin_proto_rawDescGZIP(), []int{53}
 }
 
 func (x *WatchEventsRequest) GetFromIndex() uint64 {
@@ -3102,7 +3164,11 @@ const file_meshca_v1_admin_proto_rawDesc = "" +
 	"\x04spec\x18\x02 \x01(\fR\x04spec\x12\x0e\n" +
 	"\x02id\x18\x03 \x01(\tR\x02id\"#\n" +
 	"\x11ApproveCSRRequest\x12\x0e\n" +
-	"\x02id\x18\x01 \x01(\tR\x02id\"8\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\"o\n" +
+	"\x10RevokeCSRRequest\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\x123\n" +
+	"\x06reason\x18\x02 \x01(\x0e2\x1b.meshca.v1.RevocationReasonR\x06reason\x12\x16\n" +
+	"\x06detail\x18\x03 \x01(\tR\x06detail\"8\n" +
 	"\x0eDenyCSRRequest\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x16\n" +
 	"\x06reason\x18\x02 \x01(\tR\x06reason\"<\n" +
@@ -3202,7 +3268,7 @@ const file_meshca_v1_admin_proto_rawDesc = "" +
 	"\x19CA_ROTATION_STATE_NOT_SET\x10\x01\x12\x1c\n" +
 	"\x18CA_ROTATION_STATE_STABLE\x10\x02\x12\x1e\n" +
 	"\x1aCA_ROTATION_STATE_PREPARED\x10\x03\x12\x1e\n" +
-	"\x1aCA_ROTATION_STATE_RETIRING\x10\x042\xc9\x14\n" +
+	"\x1aCA_ROTATION_STATE_RETIRING\x10\x042\x8a\x15\n" +
 	"\x05Admin\x12;\n" +
 	"\tPutDomain\x12\x1b.meshca.v1.PutDomainRequest\x1a\x11.meshca.v1.Domain\x12;\n" +
 	"\tGetDomain\x12\x1b.meshca.v1.GetDomainRequest\x1a\x11.meshca.v1.Domain\x12L\n" +
@@ -3232,7 +3298,8 @@ const file_meshca_v1_admin_proto_rawDesc = "" +
 	"\tSubmitCSR\x12\x1b.meshca.v1.SubmitCSRRequest\x1a\x15.meshca.v1.CSRRequest\x12A\n" +
 	"\n" +
 	"ApproveCSR\x12\x1c.meshca.v1.ApproveCSRRequest\x1a\x15.meshca.v1.CSRRequest\x12;\n" +
-	"\aDenyCSR\x12\x19.meshca.v1.DenyCSRRequest\x1a\x15.meshca.v1.CSRRequest\x12C\n" +
+	"\aDenyCSR\x12\x19.meshca.v1.DenyCSRRequest\x1a\x15.meshca.v1.CSRRequest\x12?\n" +
+	"\tRevokeCSR\x12\x1b.meshca.v1.RevokeCSRRequest\x1a\x15.meshca.v1.CSRRequest\x12C\n" +
 	"\bListCSRs\x12\x1a.meshca.v1.ListCSRsRequest\x1a\x1b.meshca.v1.ListCSRsResponse\x129\n" +
 	"\x06GetCSR\x12\x18.meshca.v1.GetCSRRequest\x1a\x15.meshca.v1.CSRRequest\x12A\n" +
 	"\vGetCAStatus\x12\x1d.meshca.v1.GetCAStatusRequest\x1a\x13.meshca.v1.CAStatus\x12=\n" +
@@ -3258,7 +3325,7 @@ func file_meshca_v1_admin_proto_rawDescGZIP() []byte {
 }
 
 var file_meshca_v1_admin_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
-var file_meshca_v1_admin_proto_msgTypes = make([]protoimpl.MessageInfo, 53)
+var file_meshca_v1_admin_proto_msgTypes = make([]protoimpl.MessageInfo, 54)
 var file_meshca_v1_admin_proto_goTypes = []any{
 	(RevokedFilter)(0),                 // 0: meshca.v1.RevokedFilter
 	(CARotationState)(0),               // 1: meshca.v1.CARotationState
@@ -3293,142 +3360,146 @@ var file_meshca_v1_admin_proto_goTypes = []any{
 	(*IssueRegisterTokenResponse)(nil), // 30: meshca.v1.IssueRegisterTokenResponse
 	(*SubmitCSRRequest)(nil),           // 31: meshca.v1.SubmitCSRRequest
 	(*ApproveCSRRequest)(nil),          // 32: meshca.v1.ApproveCSRRequest
-	(*DenyCSRRequest)(nil),             // 33: meshca.v1.DenyCSRRequest
-	(*ListCSRsRequest)(nil),            // 34: meshca.v1.ListCSRsRequest
-	(*ListCSRsResponse)(nil),           // 35: meshca.v1.ListCSRsResponse
-	(*GetCSRRequest)(nil),              // 36: meshca.v1.GetCSRRequest
-	(*GetCAStatusRequest)(nil),         // 37: meshca.v1.GetCAStatusRequest
-	(*CARoot)(nil),                     // 38: meshca.v1.CARoot
-	(*CAIssuer)(nil),                   // 39: meshca.v1.CAIssuer
-	(*CAStatus)(nil),                   // 40: meshca.v1.CAStatus
-	(*GetCRLRequest)(nil),              // 41: meshca.v1.GetCRLRequest
-	(*GetCRLResponse)(nil),             // 42: meshca.v1.GetCRLResponse
-	(*ClusterStatusRequest)(nil),       // 43: meshca.v1.ClusterStatusRequest
-	(*ClusterPeer)(nil),                // 44: meshca.v1.ClusterPeer
-	(*ClusterStatusResponse)(nil),      // 45: meshca.v1.ClusterStatusResponse
-	(*JoinNodeRequest)(nil),            // 46: meshca.v1.JoinNodeRequest
-	(*JoinNodeResponse)(nil),           // 47: meshca.v1.JoinNodeResponse
-	(*RemoveNodeRequest)(nil),          // 48: meshca.v1.RemoveNodeRequest
-	(*RemoveNodeResponse)(nil),         // 49: meshca.v1.RemoveNodeResponse
-	(*TransferLeaderRequest)(nil),      // 50: meshca.v1.TransferLeaderRequest
-	(*TransferLeaderResponse)(nil),     // 51: meshca.v1.TransferLeaderResponse
-	(*TakeSnapshotRequest)(nil),        // 52: meshca.v1.TakeSnapshotRequest
-	(*TakeSnapshotResponse)(nil),       // 53: meshca.v1.TakeSnapshotResponse
-	(*WatchEventsRequest)(nil),         // 54: meshca.v1.WatchEventsRequest
-	(*Domain)(nil),                     // 55: meshca.v1.Domain
-	(PutMode)(0),                       // 56: meshca.v1.PutMode
-	(*Service)(nil),                    // 57: meshca.v1.Service
-	(*ServiceKey)(nil),                 // 58: meshca.v1.ServiceKey
-	(*Provider)(nil),                   // 59: meshca.v1.Provider
-	(*Instance)(nil),                   // 60: meshca.v1.Instance
-	(RevocationReason)(0),              // 61: meshca.v1.RevocationReason
-	(*Token)(nil),                      // 62: meshca.v1.Token
-	(CSRState)(0),                      // 63: meshca.v1.CSRState
-	(*CSRRequest)(nil),                 // 64: meshca.v1.CSRRequest
-	(EventKind)(0),                     // 65: meshca.v1.EventKind
-	(*Event)(nil),                      // 66: meshca.v1.Event
+	(*RevokeCSRRequest)(nil),           // 33: meshca.v1.RevokeCSRRequest
+	(*DenyCSRRequest)(nil),             // 34: meshca.v1.DenyCSRRequest
+	(*ListCSRsRequest)(nil),            // 35: meshca.v1.ListCSRsRequest
+	(*ListCSRsResponse)(nil),           // 36: meshca.v1.ListCSRsResponse
+	(*GetCSRRequest)(nil),              // 37: meshca.v1.GetCSRRequest
+	(*GetCAStatusRequest)(nil),         // 38: meshca.v1.GetCAStatusRequest
+	(*CARoot)(nil),                     // 39: meshca.v1.CARoot
+	(*CAIssuer)(nil),                   // 40: meshca.v1.CAIssuer
+	(*CAStatus)(nil),                   // 41: meshca.v1.CAStatus
+	(*GetCRLRequest)(nil),              // 42: meshca.v1.GetCRLRequest
+	(*GetCRLResponse)(nil),             // 43: meshca.v1.GetCRLResponse
+	(*ClusterStatusRequest)(nil),       // 44: meshca.v1.ClusterStatusRequest
+	(*ClusterPeer)(nil),                // 45: meshca.v1.ClusterPeer
+	(*ClusterStatusResponse)(nil),      // 46: meshca.v1.ClusterStatusResponse
+	(*JoinNodeRequest)(nil),            // 47: meshca.v1.JoinNodeRequest
+	(*JoinNodeResponse)(nil),           // 48: meshca.v1.JoinNodeResponse
+	(*RemoveNodeRequest)(nil),          // 49: meshca.v1.RemoveNodeRequest
+	(*RemoveNodeResponse)(nil),         // 50: meshca.v1.RemoveNodeResponse
+	(*TransferLeaderRequest)(nil),      // 51: meshca.v1.TransferLeaderRequest
+	(*TransferLeaderResponse)(nil),     // 52: meshca.v1.TransferLeaderResponse
+	(*TakeSnapshotRequest)(nil),        // 53: meshca.v1.TakeSnapshotRequest
+	(*TakeSnapshotResponse)(nil),       // 54: meshca.v1.TakeSnapshotResponse
+	(*WatchEventsRequest)(nil),         // 55: meshca.v1.WatchEventsRequest
+	(*Domain)(nil),                     // 56: meshca.v1.Domain
+	(PutMode)(0),                       // 57: meshca.v1.PutMode
+	(*Service)(nil),                    // 58: meshca.v1.Service
+	(*ServiceKey)(nil),                 // 59: meshca.v1.ServiceKey
+	(*Provider)(nil),                   // 60: meshca.v1.Provider
+	(*Instance)(nil),                   // 61: meshca.v1.Instance
+	(RevocationReason)(0),              // 62: meshca.v1.RevocationReason
+	(*Token)(nil),                      // 63: meshca.v1.Token
+	(CSRState)(0),                      // 64: meshca.v1.CSRState
+	(*CSRRequest)(nil),                 // 65: meshca.v1.CSRRequest
+	(EventKind)(0),                     // 66: meshca.v1.EventKind
+	(*Event)(nil),                      // 67: meshca.v1.Event
 }
 var file_meshca_v1_admin_proto_depIdxs = []int32{
-	55, // 0: meshca.v1.PutDomainRequest.domain:type_name -> meshca.v1.Domain
-	56, // 1: meshca.v1.PutDomainRequest.mode:type_name -> meshca.v1.PutMode
-	55, // 2: meshca.v1.ListDomainsResponse.domains:type_name -> meshca.v1.Domain
-	57, // 3: meshca.v1.PutServiceRequest.service:type_name -> meshca.v1.Service
-	56, // 4: meshca.v1.PutServiceRequest.mode:type_name -> meshca.v1.PutMode
-	57, // 5: meshca.v1.ListServicesResponse.services:type_name -> meshca.v1.Service
-	58, // 6: meshca.v1.AddServiceKeyRequest.key:type_name -> meshca.v1.ServiceKey
-	59, // 7: meshca.v1.PutProviderRequest.provider:type_name -> meshca.v1.Provider
-	56, // 8: meshca.v1.PutProviderRequest.mode:type_name -> meshca.v1.PutMode
-	59, // 9: meshca.v1.ListProvidersResponse.providers:type_name -> meshca.v1.Provider
+	56, // 0: meshca.v1.PutDomainRequest.domain:type_name -> meshca.v1.Domain
+	57, // 1: meshca.v1.PutDomainRequest.mode:type_name -> meshca.v1.PutMode
+	56, // 2: meshca.v1.ListDomainsResponse.domains:type_name -> meshca.v1.Domain
+	58, // 3: meshca.v1.PutServiceRequest.service:type_name -> meshca.v1.Service
+	57, // 4: meshca.v1.PutServiceRequest.mode:type_name -> meshca.v1.PutMode
+	58, // 5: meshca.v1.ListServicesResponse.services:type_name -> meshca.v1.Service
+	59, // 6: meshca.v1.AddServiceKeyRequest.key:type_name -> meshca.v1.ServiceKey
+	60, // 7: meshca.v1.PutProviderRequest.provider:type_name -> meshca.v1.Provider
+	57, // 8: meshca.v1.PutProviderRequest.mode:type_name -> meshca.v1.PutMode
+	60, // 9: meshca.v1.ListProvidersResponse.providers:type_name -> meshca.v1.Provider
 	0,  // 10: meshca.v1.ListInstancesRequest.revoked:type_name -> meshca.v1.RevokedFilter
-	60, // 11: meshca.v1.ListInstancesResponse.instances:type_name -> meshca.v1.Instance
-	61, // 12: meshca.v1.RevokeInstanceRequest.reason:type_name -> meshca.v1.RevocationReason
-	62, // 13: meshca.v1.IssueRegisterTokenResponse.record:type_name -> meshca.v1.Token
-	63, // 14: meshca.v1.ListCSRsRequest.state:type_name -> meshca.v1.CSRState
-	64, // 15: meshca.v1.ListCSRsResponse.requests:type_name -> meshca.v1.CSRRequest
-	1,  // 16: meshca.v1.CAStatus.rotation_state:type_name -> meshca.v1.CARotationState
-	38, // 17: meshca.v1.CAStatus.roots:type_name -> meshca.v1.CARoot
-	39, // 18: meshca.v1.CAStatus.active_issuer:type_name -> meshca.v1.CAIssuer
-	39, // 19: meshca.v1.CAStatus.next_issuer:type_name -> meshca.v1.CAIssuer
-	39, // 20: meshca.v1.CAStatus.retired_issuers:type_name -> meshca.v1.CAIssuer
-	44, // 21: meshca.v1.ClusterStatusResponse.peers:type_name -> meshca.v1.ClusterPeer
-	65, // 22: meshca.v1.WatchEventsRequest.kinds:type_name -> meshca.v1.EventKind
-	2,  // 23: meshca.v1.Admin.PutDomain:input_type -> meshca.v1.PutDomainRequest
-	3,  // 24: meshca.v1.Admin.GetDomain:input_type -> meshca.v1.GetDomainRequest
-	4,  // 25: meshca.v1.Admin.ListDomains:input_type -> meshca.v1.ListDomainsRequest
-	6,  // 26: meshca.v1.Admin.DeleteDomain:input_type -> meshca.v1.DeleteDomainRequest
-	8,  // 27: meshca.v1.Admin.AddDomainAdmins:input_type -> meshca.v1.DomainAdminsRequest
-	8,  // 28: meshca.v1.Admin.RemoveDomainAdmins:input_type -> meshca.v1.DomainAdminsRequest
-	9,  // 29: meshca.v1.Admin.PutService:input_type -> meshca.v1.PutServiceRequest
-	10, // 30: meshca.v1.Admin.GetService:input_type -> meshca.v1.GetServiceRequest
-	11, // 31: meshca.v1.Admin.ListServices:input_type -> meshca.v1.ListServicesRequest
-	13, // 32: meshca.v1.Admin.DeleteService:input_type -> meshca.v1.DeleteServiceRequest
-	15, // 33: meshca.v1.Admin.AddServiceKey:input_type -> meshca.v1.AddServiceKeyRequest
-	16, // 34: meshca.v1.Admin.RemoveServiceKey:input_type -> meshca.v1.RemoveServiceKeyRequest
-	17, // 35: meshca.v1.Admin.AddLaunchGrant:input_type -> meshca.v1.LaunchGrantRequest
-	17, // 36: meshca.v1.Admin.RemoveLaunchGrant:input_type -> meshca.v1.LaunchGrantRequest
-	18, // 37: meshca.v1.Admin.PutProvider:input_type -> meshca.v1.PutProviderRequest
-	19, // 38: meshca.v1.Admin.GetProvider:input_type -> meshca.v1.GetProviderRequest
-	20, // 39: meshca.v1.Admin.ListProviders:input_type -> meshca.v1.ListProvidersRequest
-	22, // 40: meshca.v1.Admin.DeleteProvider:input_type -> meshca.v1.DeleteProviderRequest
-	24, // 41: meshca.v1.Admin.SetProviderEnabled:input_type -> meshca.v1.SetProviderEnabledRequest
-	25, // 42: meshca.v1.Admin.ListInstances:input_type -> meshca.v1.ListInstancesRequest
-	27, // 43: meshca.v1.Admin.GetInstance:input_type -> meshca.v1.GetInstanceRequest
-	28, // 44: meshca.v1.Admin.RevokeInstance:input_type -> meshca.v1.RevokeInstanceRequest
-	29, // 45: meshca.v1.Admin.IssueRegisterToken:input_type -> meshca.v1.IssueRegisterTokenRequest
-	31, // 46: meshca.v1.Admin.SubmitCSR:input_type -> meshca.v1.SubmitCSRRequest
-	32, // 47: meshca.v1.Admin.ApproveCSR:input_type -> meshca.v1.ApproveCSRRequest
-	33, // 48: meshca.v1.Admin.DenyCSR:input_type -> meshca.v1.DenyCSRRequest
-	34, // 49: meshca.v1.Admin.ListCSRs:input_type -> meshca.v1.ListCSRsRequest
-	36, // 50: meshca.v1.Admin.GetCSR:input_type -> meshca.v1.GetCSRRequest
-	37, // 51: meshca.v1.Admin.GetCAStatus:input_type -> meshca.v1.GetCAStatusRequest
-	41, // 52: meshca.v1.Admin.GetCRL:input_type -> meshca.v1.GetCRLRequest
-	43, // 53: meshca.v1.Admin.ClusterStatus:input_type -> meshca.v1.ClusterStatusRequest
-	46, // 54: meshca.v1.Admin.JoinNode:input_type -> meshca.v1.JoinNodeRequest
-	48, // 55: meshca.v1.Admin.RemoveNode:input_type -> meshca.v1.RemoveNodeRequest
-	50, // 56: meshca.v1.Admin.TransferLeader:input_type -> meshca.v1.TransferLeaderRequest
-	52, // 57: meshca.v1.Admin.TakeSnapshot:input_type -> meshca.v1.TakeSnapshotRequest
-	54, // 58: meshca.v1.Admin.WatchEvents:input_type -> meshca.v1.WatchEventsRequest
-	55, // 59: meshca.v1.Admin.PutDomain:output_type -> meshca.v1.Domain
-	55, // 60: meshca.v1.Admin.GetDomain:output_type -> meshca.v1.Domain
-	5,  // 61: meshca.v1.Admin.ListDomains:output_type -> meshca.v1.ListDomainsResponse
-	7,  // 62: meshca.v1.Admin.DeleteDomain:output_type -> meshca.v1.DeleteDomainResponse
-	55, // 63: meshca.v1.Admin.AddDomainAdmins:output_type -> meshca.v1.Domain
-	55, // 64: meshca.v1.Admin.RemoveDomainAdmins:output_type -> meshca.v1.Domain
-	57, // 65: meshca.v1.Admin.PutService:output_type -> meshca.v1.Service
-	57, // 66: meshca.v1.Admin.GetService:output_type -> meshca.v1.Service
-	12, // 67: meshca.v1.Admin.ListServices:output_type -> meshca.v1.ListServicesResponse
-	14, // 68: meshca.v1.Admin.DeleteService:output_type -> meshca.v1.DeleteServiceResponse
-	57, // 69: meshca.v1.Admin.AddServiceKey:output_type -> meshca.v1.Service
-	57, // 70: meshca.v1.Admin.RemoveServiceKey:output_type -> meshca.v1.Service
-	57, // 71: meshca.v1.Admin.AddLaunchGrant:output_type -> meshca.v1.Service
-	57, // 72: meshca.v1.Admin.RemoveLaunchGrant:output_type -> meshca.v1.Service
-	59, // 73: meshca.v1.Admin.PutProvider:output_type -> meshca.v1.Provider
-	59, // 74: meshca.v1.Admin.GetProvider:output_type -> meshca.v1.Provider
-	21, // 75: meshca.v1.Admin.ListProviders:output_type -> meshca.v1.ListProvidersResponse
-	23, // 76: meshca.v1.Admin.DeleteProvider:output_type -> meshca.v1.DeleteProviderResponse
-	59, // 77: meshca.v1.Admin.SetProviderEnabled:output_type -> meshca.v1.Provider
-	26, // 78: meshca.v1.Admin.ListInstances:output_type -> meshca.v1.ListInstancesResponse
-	60, // 79: meshca.v1.Admin.GetInstance:output_type -> meshca.v1.Instance
-	60, // 80: meshca.v1.Admin.RevokeInstance:output_type -> meshca.v1.Instance
-	30, // 81: meshca.v1.Admin.IssueRegisterToken:output_type -> meshca.v1.IssueRegisterTokenResponse
-	64, // 82: meshca.v1.Admin.SubmitCSR:output_type -> meshca.v1.CSRRequest
-	64, // 83: meshca.v1.Admin.ApproveCSR:output_type -> meshca.v1.CSRRequest
-	64, // 84: meshca.v1.Admin.DenyCSR:output_type -> meshca.v1.CSRRequest
-	35, // 85: meshca.v1.Admin.ListCSRs:output_type -> meshca.v1.ListCSRsResponse
-	64, // 86: meshca.v1.Admin.GetCSR:output_type -> meshca.v1.CSRRequest
-	40, // 87: meshca.v1.Admin.GetCAStatus:output_type -> meshca.v1.CAStatus
-	42, // 88: meshca.v1.Admin.GetCRL:output_type -> meshca.v1.GetCRLResponse
-	45, // 89: meshca.v1.Admin.ClusterStatus:output_type -> meshca.v1.ClusterStatusResponse
-	47, // 90: meshca.v1.Admin.JoinNode:output_type -> meshca.v1.JoinNodeResponse
-	49, // 91: meshca.v1.Admin.RemoveNode:output_type -> meshca.v1.RemoveNodeResponse
-	51, // 92: meshca.v1.Admin.TransferLeader:output_type -> meshca.v1.TransferLeaderResponse
-	53, // 93: meshca.v1.Admin.TakeSnapshot:output_type -> meshca.v1.TakeSnapshotResponse
-	66, // 94: meshca.v1.Admin.WatchEvents:output_type -> meshca.v1.Event
-	59, // [59:95] is the sub-list for method output_type
-	23, // [23:59] is the sub-list for method input_type
-	23, // [23:23] is the sub-list for extension type_name
-	23, // [23:23] is the sub-list for extension extendee
-	0,  // [0:23] is the sub-list for field type_name
+	61, // 11: meshca.v1.ListInstancesResponse.instances:type_name -> meshca.v1.Instance
+	62, // 12: meshca.v1.RevokeInstanceRequest.reason:type_name -> meshca.v1.RevocationReason
+	63, // 13: meshca.v1.IssueRegisterTokenResponse.record:type_name -> meshca.v1.Token
+	62, // 14: meshca.v1.RevokeCSRRequest.reason:type_name -> meshca.v1.RevocationReason
+	64, // 15: meshca.v1.ListCSRsRequest.state:type_name -> meshca.v1.CSRState
+	65, // 16: meshca.v1.ListCSRsResponse.requests:type_name -> meshca.v1.CSRRequest
+	1,  // 17: meshca.v1.CAStatus.rotation_state:type_name -> meshca.v1.CARotationState
+	39, // 18: meshca.v1.CAStatus.roots:type_name -> meshca.v1.CARoot
+	40, // 19: meshca.v1.CAStatus.active_issuer:type_name -> meshca.v1.CAIssuer
+	40, // 20: meshca.v1.CAStatus.next_issuer:type_name -> meshca.v1.CAIssuer
+	40, // 21: meshca.v1.CAStatus.retired_issuers:type_name -> meshca.v1.CAIssuer
+	45, // 22: meshca.v1.ClusterStatusResponse.peers:type_name -> meshca.v1.ClusterPeer
+	66, // 23: meshca.v1.WatchEventsRequest.kinds:type_name -> meshca.v1.EventKind
+	2,  // 24: meshca.v1.Admin.PutDomain:input_type -> meshca.v1.PutDomainRequest
+	3,  // 25: meshca.v1.Admin.GetDomain:input_type -> meshca.v1.GetDomainRequest
+	4,  // 26: meshca.v1.Admin.ListDomains:input_type -> meshca.v1.ListDomainsRequest
+	6,  // 27: meshca.v1.Admin.DeleteDomain:input_type -> meshca.v1.DeleteDomainRequest
+	8,  // 28: meshca.v1.Admin.AddDomainAdmins:input_type -> meshca.v1.DomainAdminsRequest
+	8,  // 29: meshca.v1.Admin.RemoveDomainAdmins:input_type -> meshca.v1.DomainAdminsRequest
+	9,  // 30: meshca.v1.Admin.PutService:input_type -> meshca.v1.PutServiceRequest
+	10, // 31: meshca.v1.Admin.GetService:input_type -> meshca.v1.GetServiceRequest
+	11, // 32: meshca.v1.Admin.ListServices:input_type -> meshca.v1.ListServicesRequest
+	13, // 33: meshca.v1.Admin.DeleteService:input_type -> meshca.v1.DeleteServiceRequest
+	15, // 34: meshca.v1.Admin.AddServiceKey:input_type -> meshca.v1.AddServiceKeyRequest
+	16, // 35: meshca.v1.Admin.RemoveServiceKey:input_type -> meshca.v1.RemoveServiceKeyRequest
+	17, // 36: meshca.v1.Admin.AddLaunchGrant:input_type -> meshca.v1.LaunchGrantRequest
+	17, // 37: meshca.v1.Admin.RemoveLaunchGrant:input_type -> meshca.v1.LaunchGrantRequest
+	18, // 38: meshca.v1.Admin.PutProvider:input_type -> meshca.v1.PutProviderRequest
+	19, // 39: meshca.v1.Admin.GetProvider:input_type -> meshca.v1.GetProviderRequest
+	20, // 40: meshca.v1.Admin.ListProviders:input_type -> meshca.v1.ListProvidersRequest
+	22, // 41: meshca.v1.Admin.DeleteProvider:input_type -> meshca.v1.DeleteProviderRequest
+	24, // 42: meshca.v1.Admin.SetProviderEnabled:input_type -> meshca.v1.SetProviderEnabledRequest
+	25, // 43: meshca.v1.Admin.ListInstances:input_type -> meshca.v1.ListInstancesRequest
+	27, // 44: meshca.v1.Admin.GetInstance:input_type -> meshca.v1.GetInstanceRequest
+	28, // 45: meshca.v1.Admin.RevokeInstance:input_type -> meshca.v1.RevokeInstanceRequest
+	29, // 46: meshca.v1.Admin.IssueRegisterToken:input_type -> meshca.v1.IssueRegisterTokenRequest
+	31, // 47: meshca.v1.Admin.SubmitCSR:input_type -> meshca.v1.SubmitCSRRequest
+	32, // 48: meshca.v1.Admin.ApproveCSR:input_type -> meshca.v1.ApproveCSRRequest
+	34, // 49: meshca.v1.Admin.DenyCSR:input_type -> meshca.v1.DenyCSRRequest
+	33, // 50: meshca.v1.Admin.RevokeCSR:input_type -> meshca.v1.RevokeCSRRequest
+	35, // 51: meshca.v1.Admin.ListCSRs:input_type -> meshca.v1.ListCSRsRequest
+	37, // 52: meshca.v1.Admin.GetCSR:input_type -> meshca.v1.GetCSRRequest
+	38, // 53: meshca.v1.Admin.GetCAStatus:input_type -> meshca.v1.GetCAStatusRequest
+	42, // 54: meshca.v1.Admin.GetCRL:input_type -> meshca.v1.GetCRLRequest
+	44, // 55: meshca.v1.Admin.ClusterStatus:input_type -> meshca.v1.ClusterStatusRequest
+	47, // 56: meshca.v1.Admin.JoinNode:input_type -> meshca.v1.JoinNodeRequest
+	49, // 57: meshca.v1.Admin.RemoveNode:input_type -> meshca.v1.RemoveNodeRequest
+	51, // 58: meshca.v1.Admin.TransferLeader:input_type -> meshca.v1.TransferLeaderRequest
+	53, // 59: meshca.v1.Admin.TakeSnapshot:input_type -> meshca.v1.TakeSnapshotRequest
+	55, // 60: meshca.v1.Admin.WatchEvents:input_type -> meshca.v1.WatchEventsRequest
+	56, // 61: meshca.v1.Admin.PutDomain:output_type -> meshca.v1.Domain
+	56, // 62: meshca.v1.Admin.GetDomain:output_type -> meshca.v1.Domain
+	5,  // 63: meshca.v1.Admin.ListDomains:output_type -> meshca.v1.ListDomainsResponse
+	7,  // 64: meshca.v1.Admin.DeleteDomain:output_type -> meshca.v1.DeleteDomainResponse
+	56, // 65: meshca.v1.Admin.AddDomainAdmins:output_type -> meshca.v1.Domain
+	56, // 66: meshca.v1.Admin.RemoveDomainAdmins:output_type -> meshca.v1.Domain
+	58, // 67: meshca.v1.Admin.PutService:output_type -> meshca.v1.Service
+	58, // 68: meshca.v1.Admin.GetService:output_type -> meshca.v1.Service
+	12, // 69: meshca.v1.Admin.ListServices:output_type -> meshca.v1.ListServicesResponse
+	14, // 70: meshca.v1.Admin.DeleteService:output_type -> meshca.v1.DeleteServiceResponse
+	58, // 71: meshca.v1.Admin.AddServiceKey:output_type -> meshca.v1.Service
+	58, // 72: meshca.v1.Admin.RemoveServiceKey:output_type -> meshca.v1.Service
+	58, // 73: meshca.v1.Admin.AddLaunchGrant:output_type -> meshca.v1.Service
+	58, // 74: meshca.v1.Admin.RemoveLaunchGrant:output_type -> meshca.v1.Service
+	60, // 75: meshca.v1.Admin.PutProvider:output_type -> meshca.v1.Provider
+	60, // 76: meshca.v1.Admin.GetProvider:output_type -> meshca.v1.Provider
+	21, // 77: meshca.v1.Admin.ListProviders:output_type -> meshca.v1.ListProvidersResponse
+	23, // 78: meshca.v1.Admin.DeleteProvider:output_type -> meshca.v1.DeleteProviderResponse
+	60, // 79: meshca.v1.Admin.SetProviderEnabled:output_type -> meshca.v1.Provider
+	26, // 80: meshca.v1.Admin.ListInstances:output_type -> meshca.v1.ListInstancesResponse
+	61, // 81: meshca.v1.Admin.GetInstance:output_type -> meshca.v1.Instance
+	61, // 82: meshca.v1.Admin.RevokeInstance:output_type -> meshca.v1.Instance
+	30, // 83: meshca.v1.Admin.IssueRegisterToken:output_type -> meshca.v1.IssueRegisterTokenResponse
+	65, // 84: meshca.v1.Admin.SubmitCSR:output_type -> meshca.v1.CSRRequest
+	65, // 85: meshca.v1.Admin.ApproveCSR:output_type -> meshca.v1.CSRRequest
+	65, // 86: meshca.v1.Admin.DenyCSR:output_type -> meshca.v1.CSRRequest
+	65, // 87: meshca.v1.Admin.RevokeCSR:output_type -> meshca.v1.CSRRequest
+	36, // 88: meshca.v1.Admin.ListCSRs:output_type -> meshca.v1.ListCSRsResponse
+	65, // 89: meshca.v1.Admin.GetCSR:output_type -> meshca.v1.CSRRequest
+	41, // 90: meshca.v1.Admin.GetCAStatus:output_type -> meshca.v1.CAStatus
+	43, // 91: meshca.v1.Admin.GetCRL:output_type -> meshca.v1.GetCRLResponse
+	46, // 92: meshca.v1.Admin.ClusterStatus:output_type -> meshca.v1.ClusterStatusResponse
+	48, // 93: meshca.v1.Admin.JoinNode:output_type -> meshca.v1.JoinNodeResponse
+	50, // 94: meshca.v1.Admin.RemoveNode:output_type -> meshca.v1.RemoveNodeResponse
+	52, // 95: meshca.v1.Admin.TransferLeader:output_type -> meshca.v1.TransferLeaderResponse
+	54, // 96: meshca.v1.Admin.TakeSnapshot:output_type -> meshca.v1.TakeSnapshotResponse
+	67, // 97: meshca.v1.Admin.WatchEvents:output_type -> meshca.v1.Event
+	61, // [61:98] is the sub-list for method output_type
+	24, // [24:61] is the sub-list for method input_type
+	24, // [24:24] is the sub-list for extension type_name
+	24, // [24:24] is the sub-list for extension extendee
+	0,  // [0:24] is the sub-list for field type_name
 }
 
 func init() { file_meshca_v1_admin_proto_init() }
@@ -3443,7 +3514,7 @@ func file_meshca_v1_admin_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_meshca_v1_admin_proto_rawDesc), len(file_meshca_v1_admin_proto_rawDesc)),
 			NumEnums:      2,
-			NumMessages:   53,
+			NumMessages:   54,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

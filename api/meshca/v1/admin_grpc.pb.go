@@ -45,6 +45,7 @@ const (
 	Admin_SubmitCSR_FullMethodName          = "/meshca.v1.Admin/SubmitCSR"
 	Admin_ApproveCSR_FullMethodName         = "/meshca.v1.Admin/ApproveCSR"
 	Admin_DenyCSR_FullMethodName            = "/meshca.v1.Admin/DenyCSR"
+	Admin_RevokeCSR_FullMethodName          = "/meshca.v1.Admin/RevokeCSR"
 	Admin_ListCSRs_FullMethodName           = "/meshca.v1.Admin/ListCSRs"
 	Admin_GetCSR_FullMethodName             = "/meshca.v1.Admin/GetCSR"
 	Admin_GetCAStatus_FullMethodName        = "/meshca.v1.Admin/GetCAStatus"
@@ -130,6 +131,8 @@ type AdminClient interface {
 	ApproveCSR(ctx context.Context, in *ApproveCSRRequest, opts ...grpc.CallOption) (*CSRRequest, error)
 	// DenyCSR denies a pending request. System admins only.
 	DenyCSR(ctx context.Context, in *DenyCSRRequest, opts ...grpc.CallOption) (*CSRRequest, error)
+	// RevokeCSR revokes the certificate an issued request received: it joins the CRL.
+	RevokeCSR(ctx context.Context, in *RevokeCSRRequest, opts ...grpc.CallOption) (*CSRRequest, error)
 	// ListCSRs lists the requests the caller may read (system admins: all; others: their own),
 	// sorted by id.
 	ListCSRs(ctx context.Context, in *ListCSRsRequest, opts ...grpc.CallOption) (*ListCSRsResponse, error)
@@ -427,6 +430,16 @@ func (c *adminClient) DenyCSR(ctx context.Context, in *DenyCSRRequest, opts ...g
 	return out, nil
 }
 
+func (c *adminClient) RevokeCSR(ctx context.Context, in *RevokeCSRRequest, opts ...grpc.CallOption) (*CSRRequest, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(CSRRequest)
+	err := c.cc.Invoke(ctx, Admin_RevokeCSR_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 func (c *adminClient) ListCSRs(ctx context.Context, in *ListCSRsRequest, opts ...grpc.CallOption) (*ListCSRsResponse, error) {
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
 	out := new(ListCSRsResponse)
@@ -609,6 +622,8 @@ type AdminServer interface {
 	ApproveCSR(context.Context, *ApproveCSRRequest) (*CSRRequest, error)
 	// DenyCSR denies a pending request. System admins only.
 	DenyCSR(context.Context, *DenyCSRRequest) (*CSRRequest, error)
+	// RevokeCSR revokes the certificate an issued request received: it joins the CRL.
+	RevokeCSR(context.Context, *RevokeCSRRequest) (*CSRRequest, error)
 	// ListCSRs lists the requests the caller may read (system admins: all; others: their own),
 	// sorted by id.
 	ListCSRs(context.Context, *ListCSRsRequest) (*ListCSRsResponse, error)
@@ -723,6 +738,9 @@ func (UnimplementedAdminServer) ApproveCSR(context.Context, *ApproveCSRRequest) 
 }
 func (UnimplementedAdminServer) DenyCSR(context.Context, *DenyCSRRequest) (*CSRRequest, error) {
 	return nil, status.Errorf(codes.Unimplemented, "method DenyCSR not implemented")
+}
+func (UnimplementedAdminServer) RevokeCSR(context.Context, *RevokeCSRRequest) (*CSRRequest, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method RevokeCSR not implemented")
 }
 func (UnimplementedAdminServer) ListCSRs(context.Context, *ListCSRsRequest) (*ListCSRsResponse, error) {
 	return nil, status.Errorf(codes.Unimplemented, "method ListCSRs not implemented")
@@ -1243,6 +1261,24 @@ func _Admin_DenyCSR_Handler(srv interface{}, ctx context.Context, dec func(inter
 	return interceptor(ctx, in, info, handler)
 }
 
+func _Admin_RevokeCSR_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(RevokeCSRRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AdminServer).RevokeCSR(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Admin_RevokeCSR_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AdminServer).RevokeCSR(ctx, req.(*RevokeCSRRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 func _Admin_ListCSRs_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
 	in := new(ListCSRsRequest)
 	if err := dec(in); err != nil {
@@ -1526,6 +1562,10 @@ var Admin_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "DenyCSR",
 			Handler:    _Admin_DenyCSR_Handler,
+		},
+		{
+			MethodName: "RevokeCSR",
+			Handler:    _Admin_RevokeCSR_Handler,
 		},
 		{
 			MethodName: "ListCSRs",
