@@ -16,6 +16,7 @@ import (
 
 	"github.com/meshca/meshca/ca/signer"
 	"github.com/meshca/meshca/raftstore"
+	"github.com/meshca/meshca/sds"
 )
 
 // Config is meshca-server's configuration file. Decode it with LoadConfig or DecodeConfig:
@@ -159,6 +160,8 @@ type LimitsConfig struct {
 	// MaxStreamsPerCaller bounds concurrent server streams (WatchEvents, bundle SDS) a caller
 	// may hold.
 	MaxStreamsPerCaller int `yaml:"max_streams_per_caller"`
+	// MaxSDSResourceNames bounds the resource names one bundle SDS request may name (1024).
+	MaxSDSResourceNames int `yaml:"max_sds_resource_names"`
 	// ProviderTimeout bounds one call to a provider's confirm endpoint (5s).
 	ProviderTimeout Duration `yaml:"provider_timeout"`
 	// ReadHeaderTimeout bounds how long the HTTPS port waits for a request's TLS handshake
@@ -289,6 +292,9 @@ func (c *Config) setDefaults() {
 	}
 	if c.Limits.IssuePerSourcePerMinute == 0 {
 		c.Limits.IssuePerSourcePerMinute = 6000
+	}
+	if c.Limits.MaxSDSResourceNames == 0 {
+		c.Limits.MaxSDSResourceNames = sds.DefaultMaxResourceNames
 	}
 	if c.Limits.MaxStreamsPerCaller == 0 {
 		c.Limits.MaxStreamsPerCaller = 16
@@ -454,6 +460,7 @@ func (c *Config) Validate() error {
 		{"limits.issue_per_identity_per_minute", c.Limits.IssuePerIdentityPerMinute},
 		{"limits.issue_per_source_per_minute", c.Limits.IssuePerSourcePerMinute},
 		{"limits.max_streams_per_caller", c.Limits.MaxStreamsPerCaller},
+		{"limits.max_sds_resource_names", c.Limits.MaxSDSResourceNames},
 	} {
 		if l.n < 0 {
 			return bad(l.field, "%d is negative", l.n)

@@ -132,3 +132,17 @@ func TestConfigRoundTrip(t *testing.T) {
 		t.Fatalf("round trip changed the config:\n%s", out)
 	}
 }
+
+func TestSDSResourceNameLimit(t *testing.T) {
+	c, err := DecodeConfig(strings.NewReader(validConfig))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.Limits.MaxSDSResourceNames != 1024 {
+		t.Errorf("default max_sds_resource_names = %d, want 1024", c.Limits.MaxSDSResourceNames)
+	}
+	_, err = DecodeConfig(strings.NewReader(validConfig + "limits:\n  max_sds_resource_names: -1\n"))
+	if err == nil || !strings.Contains(err.Error(), "limits.max_sds_resource_names") {
+		t.Fatalf("a negative limit must be refused naming the field, got %v", err)
+	}
+}

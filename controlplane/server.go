@@ -199,6 +199,8 @@ func New(cfg *Config, opts Options) (_ *Server, err error) {
 		Source:   s.bundles,
 		Resolver: sdsResolver{s},
 		Logger:   s.log,
+		// A request naming more is refused with ResourceExhausted instead of held.
+		MaxResourceNames: cfg.Limits.MaxSDSResourceNames,
 		// The agents' streams are counted here; the agent exports its own SDS metrics.
 		Registerer: s.reg,
 	}); err != nil {
