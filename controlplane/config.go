@@ -15,6 +15,7 @@ import (
 	"go.yaml.in/yaml/v3"
 
 	"github.com/meshca/meshca/ca/signer"
+	"github.com/meshca/meshca/internal/strictyaml"
 	"github.com/meshca/meshca/raftstore"
 	"github.com/meshca/meshca/sds"
 )
@@ -222,25 +223,12 @@ func (d Duration) check(field string) error {
 // ErrConfig marks every configuration error.
 var ErrConfig = errors.New("config")
 
-var unknownField = regexp.MustCompile(`line (\d+): field (\S+) not found in type (\S+)`)
-
 // DecodeConfig reads YAML strictly: an unknown key is an error naming the key and its line.
 // Defaults are filled in and the result validated.
 func DecodeConfig(r io.Reader) (*Config, error) {
-	dec := yaml.NewDecoder(r)
-	dec.KnownFields(true)
 	var c Config
-	if err := dec.Decode(&c); err != nil {
-		if errors.Is(err, io.EOF) {
-			return nil, fmt.Errorf("%w: empty file", ErrConfig)
-		}
-		msg := unknownField.ReplaceAllString(err.Error(), `line $1: unknown key "$2" (in $3)`)
-		msg = strings.ReplaceAll(msg, "controlplane.", "")
-		return nil, fmt.Errorf("%w: %s", ErrConfig, msg)
-	}
-	var extra yaml.Node
-	if err := dec.Decode(&extra); !errors.Is(err, io.EOF) {
-		return nil, fmt.Errorf("%w: more than one YAML document", ErrConfig)
+	if err := strictyaml.Decode(r, &c); err != nil {
+		return nil, fmt.Errorf("%w: %w", ErrConfig, err)
 	}
 	c.setDefaults()
 	if err := c.Validate(); err != nil {

@@ -18,6 +18,7 @@ import (
 
 	"github.com/meshca/meshca/ca/policy"
 	"github.com/meshca/meshca/ca/signer"
+	"github.com/meshca/meshca/internal/strictyaml"
 )
 
 // ErrConfig marks every configuration error; the message names the field and the rule.
@@ -188,25 +189,12 @@ func (d Duration) check(field string) error {
 	return nil
 }
 
-var unknownField = regexp.MustCompile(`line (\d+): field (\S+) not found in type (\S+)`)
-
 // DecodeConfig reads YAML strictly: an unknown key is an error naming the key and its line.
 // Defaults are filled in and the result validated.
 func DecodeConfig(r io.Reader) (*Config, error) {
-	dec := yaml.NewDecoder(r)
-	dec.KnownFields(true)
 	var c Config
-	if err := dec.Decode(&c); err != nil {
-		if errors.Is(err, io.EOF) {
-			return nil, fmt.Errorf("%w: empty file", ErrConfig)
-		}
-		msg := unknownField.ReplaceAllString(err.Error(), `line $1: unknown key "$2" (in $3)`)
-		msg = strings.ReplaceAll(msg, "agent.", "")
-		return nil, fmt.Errorf("%w: %s", ErrConfig, msg)
-	}
-	var extra yaml.Node
-	if err := dec.Decode(&extra); !errors.Is(err, io.EOF) {
-		return nil, fmt.Errorf("%w: more than one YAML document", ErrConfig)
+	if err := strictyaml.Decode(r, &c); err != nil {
+		return nil, fmt.Errorf("%w: %w", ErrConfig, err)
 	}
 	c.SetDefaults()
 	if err := c.Validate(); err != nil {
