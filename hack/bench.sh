@@ -18,6 +18,7 @@ run ./controlplane 'BenchmarkCluster' 1s
 # Raft: our store against raw hashicorp/raft with the same log store; 1,000,000 instances.
 run ./raftstore 'BenchmarkPropose' 6000x
 run ./raftstore 'BenchmarkSnapshotMillionInstances' 1x
+run ./raftstore 'BenchmarkApplyBatchSteadyState' 30000x
 # (d) bundle change to N open SDS streams; and through the agent to an Envoy-like stream.
 run ./sds 'BenchmarkSDSFanout' 1x
 run ./sds/agent 'BenchmarkBundleChangeReachesEnvoy' 1s
