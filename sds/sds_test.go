@@ -3,6 +3,8 @@ package sds
 import (
 	"context"
 	"crypto/x509"
+	"errors"
+	"io"
 	"os"
 	"slices"
 	"strings"
@@ -549,7 +551,12 @@ func TestSDSCallerGetsOnlyItsOwnIdentity(t *testing.T) {
 	t.Run("an unmapped uid gets PermissionDenied and nothing else", func(t *testing.T) {
 		client := sdsClient(t, srv.sock)
 		st := openSotW(t, client)
-		st.subscribe(NameDefault)
+		// The server may refuse the stream before the request is sent: Send then reports
+		// io.EOF, and the refusal itself comes from Recv.
+		err := st.st.Send(&discovery.DiscoveryRequest{TypeUrl: resource.SecretType, Node: envoyNode("sidecar"), ResourceNames: []string{NameDefault}})
+		if err != nil && !errors.Is(err, io.EOF) {
+			t.Fatalf("send: %v", err)
+		}
 		if _, err := st.st.Recv(); status.Code(err) != codes.PermissionDenied {
 			t.Fatalf("stream: %v, want PermissionDenied", err)
 		}
