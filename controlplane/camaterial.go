@@ -1,12 +1,15 @@
 package controlplane
 
 import (
+	"crypto/rand"
 	"crypto/sha256"
 	"crypto/x509"
+	"crypto/x509/pkix"
 	"encoding/hex"
 	"errors"
 	"fmt"
 	"io/fs"
+	"net/url"
 	"os"
 	"path/filepath"
 	"time"
@@ -136,6 +139,26 @@ func rootOf(iss *ca.Issuer) (*x509.Certificate, error) {
 		}
 	}
 	return nil, fmt.Errorf("ca: no root of the issuer signs %s", top.Subject)
+}
+
+// IntermediateCSR is the PKCS#10 request (DER) for a cluster's intermediate CA in trust
+// domain td, signed by key: subject O=meshca, CN "meshca intermediate CA <td>", and the one
+// URI SAN spiffe://<td> that `meshctl ca sign-intermediate` requires. The key may be in
+// memory or on a PKCS#11 token; only its signature leaves it.
+func IntermediateCSR(td spiffeid.TrustDomain, key signer.Signer) ([]byte, error) {
+	uri, err := url.Parse(td.IDString())
+	if err != nil {
+		return nil, fmt.Errorf("trust domain %q: %w", td, err)
+	}
+	der, err := x509.CreateCertificateRequest(rand.Reader, &x509.CertificateRequest{
+		Subject:            pkix.Name{Organization: []string{"meshca"}, CommonName: "meshca intermediate CA " + td.Name()},
+		URIs:               []*url.URL{uri},
+		SignatureAlgorithm: key.SignatureAlgorithm(),
+	}, key)
+	if err != nil {
+		return nil, fmt.Errorf("intermediate CSR: %w", err)
+	}
+	return der, nil
 }
 
 // LoadSelfSignedCA opens the self-signed CA that meshca-server generated in dir (its root

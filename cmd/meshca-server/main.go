@@ -4,6 +4,13 @@
 //	meshca-server -config /etc/meshca/server.yaml [-log-level info] [-log-format text|json]
 //
 // SIGTERM or SIGINT stops it gracefully.
+//
+//	meshca-server ca csr --pkcs11-module M --token-label T --key-label L --pin-file F \
+//	    --trust-domain TD --out csr.pem
+//
+// generates the cluster's intermediate CA key on a PKCS#11 token (or finds it by label) and
+// writes the CSR it signed, for `meshctl ca sign-intermediate --csr`; the key never leaves
+// the token.
 package main
 
 import (
@@ -19,7 +26,13 @@ import (
 )
 
 func main() {
-	if err := run(); err != nil {
+	var err error
+	if len(os.Args) > 1 && os.Args[1] == "ca" {
+		err = runCA(os.Args[2:], os.Stdout, os.Stderr)
+	} else {
+		err = run()
+	}
+	if err != nil {
 		fmt.Fprintln(os.Stderr, "meshca-server:", err)
 		os.Exit(1)
 	}

@@ -12,7 +12,6 @@ import (
 	"flag"
 	"fmt"
 	"io/fs"
-	"net/url"
 	"os"
 	"path/filepath"
 	"time"
@@ -21,6 +20,7 @@ import (
 
 	"github.com/meshca/meshca/ca"
 	"github.com/meshca/meshca/ca/signer"
+	"github.com/meshca/meshca/controlplane"
 )
 
 // Files of an offline root folder (`meshctl ca init-root`) and of an intermediate request
@@ -207,17 +207,9 @@ func intermediateCSR(dir string, td spiffeid.TrustDomain, kt signer.KeyType) (ke
 	if err != nil {
 		return "", "", fmt.Errorf("intermediate key: %w", err)
 	}
-	uri, err := url.Parse(td.IDString())
+	der, err := controlplane.IntermediateCSR(td, key)
 	if err != nil {
-		return "", "", fmt.Errorf("--trust-domain: %w", err)
-	}
-	der, err := x509.CreateCertificateRequest(rand.Reader, &x509.CertificateRequest{
-		Subject:            pkix.Name{Organization: []string{"meshca"}, CommonName: "meshca intermediate CA " + td.Name()},
-		URIs:               []*url.URL{uri},
-		SignatureAlgorithm: signer.SignatureAlgorithmFor(kt),
-	}, key)
-	if err != nil {
-		return "", "", fmt.Errorf("intermediate CSR: %w", err)
+		return "", "", err
 	}
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return "", "", fmt.Errorf("--out: %w", err)
