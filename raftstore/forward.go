@@ -53,13 +53,13 @@ func (n *Node) Propose(ctx context.Context, cmd []byte) ([]byte, error) {
 			result, err = n.applyLocal(ctx, cmd)
 			return err
 		},
-		func(ctx context.Context, c meshcav1.InternalClient) error {
-			resp, err := c.Forward(ctx, &meshcav1.ForwardRequest{Command: cmd})
+		func(ctx context.Context, addr string, _ meshcav1.InternalClient) error {
+			b, err := n.clients.batcher(addr)
 			if err != nil {
 				return err
 			}
-			result = resp.GetResult()
-			return nil
+			result, err = b.forward(ctx, cmd)
+			return err
 		})
 	outcome := "ok"
 	if err != nil {
@@ -74,7 +74,7 @@ func (n *Node) Propose(ctx context.Context, cmd []byte) ([]byte, error) {
 
 // leaderCall runs local on the leader or remote against the leader, retrying after leader
 // changes and transient failures until ctx ends. It returns which path the last attempt took.
-func (n *Node) leaderCall(ctx context.Context, op string, local func(context.Context) error, remote func(context.Context, meshcav1.InternalClient) error) (string, error) {
+func (n *Node) leaderCall(ctx context.Context, op string, local func(context.Context) error, remote func(ctx context.Context, addr string, c meshcav1.InternalClient) error) (string, error) {
 	backoff := retryBackoffMin
 	path := "leader"
 	var last error
@@ -129,7 +129,7 @@ func unavailable(op string, last, ctxErr error) error {
 
 // callLeader makes one remote attempt. The attempt is abandoned when the leader changes, so
 // a call to a dead leader does not wait for the caller's whole deadline.
-func (n *Node) callLeader(ctx context.Context, epoch context.Context, id, addr string, remote func(context.Context, meshcav1.InternalClient) error) error {
+func (n *Node) callLeader(ctx context.Context, epoch context.Context, id, addr string, remote func(ctx context.Context, addr string, c meshcav1.InternalClient) error) error {
 	client, err := n.clients.get(addr)
 	if err != nil {
 		return fmt.Errorf("%w: leader %s at %s: %w", errRetry, id, addr, err)
@@ -138,7 +138,7 @@ func (n *Node) callLeader(ctx context.Context, epoch context.Context, id, addr s
 	defer cancel(nil)
 	stop := context.AfterFunc(epoch, func() { cancel(errors.New("leader changed")) })
 	defer stop()
-	err = remote(attempt, client)
+	err = remote(attempt, addr, client)
 	if err == nil {
 		return nil
 	}
@@ -158,7 +158,11 @@ func (n *Node) callLeader(ctx context.Context, epoch context.Context, id, addr s
 // leader" wrap errRetry.
 func (n *Node) applyLocal(ctx context.Context, cmd []byte) ([]byte, error) {
 	r := n.raft.Load()
-	f := r.Apply(cmd, timeoutOf(ctx, defaultProposeTimeout))
+	return n.applyResult(ctx, r.Apply(cmd, timeoutOf(ctx, defaultProposeTimeout)))
+}
+
+// applyResult waits for an Apply and returns the state machine's result.
+func (n *Node) applyResult(ctx context.Context, f raft.ApplyFuture) ([]byte, error) {
 	err, finished := n.await(ctx, f.Error)
 	if !finished {
 		return nil, fmt.Errorf("%w: outcome unknown: %w", errRetry, err)
@@ -195,19 +199,41 @@ func newInternalServer(n *Node) *grpc.Server {
 	return s
 }
 
-// Forward applies a follower's command on the leader.
+// Forward applies a follower's commands on the leader. Every command is handed to Raft before
+// the first result is awaited, so they share log appends and fsyncs.
 func (s *internalServer) Forward(ctx context.Context, req *meshcav1.ForwardRequest) (*meshcav1.ForwardResponse, error) {
-	if len(req.GetCommand()) == 0 {
-		return nil, status.Error(codes.InvalidArgument, "command: must not be empty")
+	cmds := req.GetCommands()
+	if len(cmds) == 0 {
+		return nil, status.Error(codes.InvalidArgument, "commands: must hold at least one command")
+	}
+	if len(cmds) > forwardBatchMax {
+		return nil, status.Errorf(codes.InvalidArgument, "commands: %d commands, at most %d per call", len(cmds), forwardBatchMax)
+	}
+	for i, c := range cmds {
+		if len(c) == 0 {
+			return nil, status.Errorf(codes.InvalidArgument, "commands[%d]: must not be empty", i)
+		}
 	}
 	if err := s.requireLeader(); err != nil {
 		return nil, err
 	}
-	res, err := s.node.applyLocal(ctx, req.GetCommand())
-	if err != nil {
-		return nil, grpcError(err)
+	r := s.node.raft.Load()
+	timeout := timeoutOf(ctx, defaultProposeTimeout)
+	futures := make([]raft.ApplyFuture, len(cmds))
+	for i, c := range cmds {
+		futures[i] = r.Apply(c, timeout)
 	}
-	return &meshcav1.ForwardResponse{Result: res}, nil
+	resp := &meshcav1.ForwardResponse{Results: make([]*meshcav1.ForwardResult, len(cmds))}
+	for i, f := range futures {
+		res, err := s.node.applyResult(ctx, f)
+		if err != nil {
+			st := status.Convert(grpcError(err))
+			resp.Results[i] = &meshcav1.ForwardResult{Code: int32(st.Code()), Message: st.Message()}
+			continue
+		}
+		resp.Results[i] = &meshcav1.ForwardResult{Result: res}
+	}
+	return resp, nil
 }
 
 func (s *internalServer) requireLeader() error {
@@ -231,20 +257,43 @@ func grpcError(err error) error {
 	return status.Error(codes.Internal, err.Error())
 }
 
-// clientPool keeps one gRPC connection per leader address.
+// clientPool keeps one gRPC connection, and one batcher of forwarded proposals, per leader
+// address.
 type clientPool struct {
-	creds credentials.TransportCredentials
-	mu    sync.Mutex
-	conns map[string]*grpc.ClientConn
+	creds    credentials.TransportCredentials
+	mu       sync.Mutex
+	conns    map[string]*grpc.ClientConn
+	batchers map[string]*forwardBatcher
+	observe  func(int) // the size of each forwarded batch
 }
 
-func newClientPool(cfg *tls.Config) *clientPool {
-	return &clientPool{creds: credentials.NewTLS(cfg), conns: map[string]*grpc.ClientConn{}}
+func newClientPool(cfg *tls.Config, observe func(int)) *clientPool {
+	return &clientPool{creds: credentials.NewTLS(cfg), conns: map[string]*grpc.ClientConn{}, batchers: map[string]*forwardBatcher{}, observe: observe}
 }
 
 func (p *clientPool) get(addr string) (meshcav1.InternalClient, error) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
+	return p.getLocked(addr)
+}
+
+// batcher returns the batcher of proposals forwarded to addr.
+func (p *clientPool) batcher(addr string) (*forwardBatcher, error) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	c, err := p.getLocked(addr)
+	if err != nil {
+		return nil, err
+	}
+	if b, ok := p.batchers[addr]; ok {
+		return b, nil
+	}
+	b := newForwardBatcher(c, p.observe)
+	p.batchers[addr] = b
+	return b, nil
+}
+
+func (p *clientPool) getLocked(addr string) (meshcav1.InternalClient, error) {
 	if p.conns == nil {
 		return nil, ErrShutdown
 	}

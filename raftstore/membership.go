@@ -29,7 +29,7 @@ func (n *Node) Join(ctx context.Context, id, addr string) error {
 	}
 	_, err := n.leaderCall(ctx, "join",
 		func(ctx context.Context) error { return n.addVoterLocal(ctx, id, addr) },
-		func(ctx context.Context, c meshcav1.InternalClient) error {
+		func(ctx context.Context, _ string, c meshcav1.InternalClient) error {
 			_, err := c.AddVoter(ctx, &meshcav1.AddVoterRequest{Id: id, Address: addr})
 			return err
 		})
@@ -54,7 +54,7 @@ func (n *Node) Remove(ctx context.Context, id string) error {
 	}
 	_, err := n.leaderCall(ctx, "remove",
 		func(ctx context.Context) error { return goneOnRetry(n.removeLocal(ctx, id)) },
-		func(ctx context.Context, c meshcav1.InternalClient) error {
+		func(ctx context.Context, _ string, c meshcav1.InternalClient) error {
 			_, err := c.RemoveServer(ctx, &meshcav1.RemoveServerRequest{Id: id})
 			if status.Code(err) == codes.NotFound {
 				err = fmt.Errorf("%w: %s", ErrUnknownServer, status.Convert(err).Message())
@@ -85,7 +85,7 @@ func (n *Node) TransferLeadership(ctx context.Context, to string) error {
 			}
 			return n.transferLocal(ctx, to)
 		},
-		func(ctx context.Context, c meshcav1.InternalClient) error {
+		func(ctx context.Context, _ string, c meshcav1.InternalClient) error {
 			if moved() {
 				return nil
 			}

@@ -423,7 +423,7 @@ func NewNode(cfg NodeConfig, fsm raft.FSM) (_ *Node, err error) {
 	r.RegisterObserver(n.observer)
 
 	n.grpc = newInternalServer(n)
-	n.clients = newClientPool(n.clientTLSConfig(ALPNGRPC))
+	n.clients = newClientPool(n.clientTLSConfig(ALPNGRPC), func(k int) { n.metrics.forwardBatch.Observe(float64(k)) })
 
 	// Connections are routed only now that the Raft configuration is loaded, so the peer
 	// check of an early connection already sees the members stored on disk.

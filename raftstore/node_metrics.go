@@ -36,6 +36,8 @@ type nodeMetrics struct {
 	refused *prometheus.CounterVec
 	propose *prometheus.HistogramVec
 	leader  prometheus.Gauge
+	// forwardBatch counts the commands of each Forward call a follower makes.
+	forwardBatch prometheus.Histogram
 }
 
 func newNodeMetrics(reg prometheus.Registerer) (*nodeMetrics, error) {
@@ -52,6 +54,11 @@ func newNodeMetrics(reg prometheus.Registerer) (*nodeMetrics, error) {
 		leader: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "meshca_raft_is_leader",
 			Help: "1 when this node is the Raft leader.",
+		}),
+		forwardBatch: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name:    "meshca_raft_forward_batch_commands",
+			Help:    "Commands a follower sent to the leader in one Forward call.",
+			Buckets: prometheus.ExponentialBuckets(1, 2, 9),
 		}),
 	}
 	if reg == nil {
@@ -74,7 +81,7 @@ func newNodeMetrics(reg prometheus.Registerer) (*nodeMetrics, error) {
 }
 
 func (m *nodeMetrics) collectors() []prometheus.Collector {
-	return []prometheus.Collector{m.refused, m.propose, m.leader}
+	return []prometheus.Collector{m.refused, m.propose, m.leader, m.forwardBatch}
 }
 
 // unregister removes the metrics from the registry, so a node restarted in the same process

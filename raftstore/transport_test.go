@@ -7,6 +7,7 @@ import (
 	"io"
 	"net"
 	"path/filepath"
+	"slices"
 	"testing"
 	"time"
 
@@ -165,12 +166,21 @@ func TestALPNRoutesConnectionsToRaftAndToGRPC(t *testing.T) {
 		defer cc.Close()
 		ctx, cancel := context.WithTimeout(context.Background(), waitTimeout)
 		defer cancel()
-		resp, err := meshcav1.NewInternalClient(cc).Forward(ctx, &meshcav1.ForwardRequest{Command: kvfsm.Command("via-grpc", nil)})
+		cmds := [][]byte{kvfsm.Command("via-grpc", nil), kvfsm.Command("via-grpc-2", nil), kvfsm.Command("via-grpc", nil)}
+		resp, err := meshcav1.NewInternalClient(cc).Forward(ctx, &meshcav1.ForwardRequest{Commands: cmds})
 		if err != nil {
 			t.Fatalf("Forward over h2: %v", err)
 		}
-		if string(resp.GetResult()) != "applied 1" {
-			t.Fatalf("result = %q, want %q", resp.GetResult(), "applied 1")
+		// In order, one result each; the repeated id answers with its first result.
+		var got []string
+		for _, r := range resp.GetResults() {
+			if r.GetCode() != 0 {
+				t.Fatalf("result %v, want OK", r)
+			}
+			got = append(got, string(r.GetResult()))
+		}
+		if want := []string{"applied 1", "applied 2", "applied 1"}; !slices.Equal(got, want) {
+			t.Fatalf("results = %q, want %q", got, want)
 		}
 	})
 
@@ -182,7 +192,7 @@ func TestALPNRoutesConnectionsToRaftAndToGRPC(t *testing.T) {
 		defer cc.Close()
 		ctx, cancel := context.WithTimeout(context.Background(), waitTimeout)
 		defer cancel()
-		_, err = meshcav1.NewInternalClient(cc).Forward(ctx, &meshcav1.ForwardRequest{Command: kvfsm.Command("x", nil)})
+		_, err = meshcav1.NewInternalClient(cc).Forward(ctx, &meshcav1.ForwardRequest{Commands: [][]byte{kvfsm.Command("x", nil)}})
 		if status.Code(err) != codes.FailedPrecondition {
 			t.Fatalf("Forward on a follower: %v, want FailedPrecondition", err)
 		}

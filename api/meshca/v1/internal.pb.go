@@ -21,10 +21,10 @@ const (
 	_ = protoimpl.EnforceVersion(protoimpl.MaxVersion - 20)
 )
 
-// ForwardRequest carries one command, exactly as it will be stored in the log.
+// ForwardRequest carries commands, each exactly as it will be stored in the log.
 type ForwardRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
-	Command       []byte                 `protobuf:"bytes,1,opt,name=command,proto3" json:"command,omitempty"`
+	Commands      [][]byte               `protobuf:"bytes,1,rep,name=commands,proto3" json:"commands,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -59,17 +59,17 @@ func (*ForwardRequest) Descriptor() ([]byte, []int) {
 	return file_meshca_v1_internal_proto_rawDescGZIP(), []int{0}
 }
 
-func (x *ForwardRequest) GetCommand() []byte {
+func (x *ForwardRequest) GetCommands() [][]byte {
 	if x != nil {
-		return x.Command
+		return x.Commands
 	}
 	return nil
 }
 
-// ForwardResponse carries the state machine's result for the command.
+// ForwardResponse carries one result per command of the request, in the same order.
 type ForwardResponse struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
-	Result        []byte                 `protobuf:"bytes,1,opt,name=result,proto3" json:"result,omitempty"`
+	Results       []*ForwardResult       `protobuf:"bytes,1,rep,name=results,proto3" json:"results,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -104,11 +104,74 @@ func (*ForwardResponse) Descriptor() ([]byte, []int) {
 	return file_meshca_v1_internal_proto_rawDescGZIP(), []int{1}
 }
 
-func (x *ForwardResponse) GetResult() []byte {
+func (x *ForwardResponse) GetResults() []*ForwardResult {
+	if x != nil {
+		return x.Results
+	}
+	return nil
+}
+
+// ForwardResult is the outcome of one forwarded command: the state machine's result when code
+// is 0 (OK), otherwise a gRPC status code and message saying why it was not applied (or that
+// its outcome is unknown, for codes a follower retries).
+type ForwardResult struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Result        []byte                 `protobuf:"bytes,1,opt,name=result,proto3" json:"result,omitempty"`
+	Code          int32                  `protobuf:"varint,2,opt,name=code,proto3" json:"code,omitempty"`
+	Message       string                 `protobuf:"bytes,3,opt,name=message,proto3" json:"message,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ForwardResult) Reset() {
+	*x = ForwardResult{}
+	mi := &file_meshca_v1_internal_proto_msgTypes[2]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ForwardResult) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ForwardResult) ProtoMessage() {}
+
+func (x *ForwardResult) ProtoReflect() protoreflect.Message {
+	mi := &file_meshca_v1_internal_proto_msgTypes[2]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ForwardResult.ProtoReflect.Descriptor instead.
+func (*ForwardResult) Descriptor() ([]byte, []int) {
+	return file_meshca_v1_internal_proto_rawDescGZIP(), []int{2}
+}
+
+func (x *ForwardResult) GetResult() []byte {
 	if x != nil {
 		return x.Result
 	}
 	return nil
+}
+
+func (x *ForwardResult) GetCode() int32 {
+	if x != nil {
+		return x.Code
+	}
+	return 0
+}
+
+func (x *ForwardResult) GetMessage() string {
+	if x != nil {
+		return x.Message
+	}
+	return ""
 }
 
 // AddVoterRequest names the server to add and the cluster address it is reached at.
@@ -122,7 +185,7 @@ type AddVoterRequest struct {
 
 func (x *AddVoterRequest) Reset() {
 	*x = AddVoterRequest{}
-	mi := &file_meshca_v1_internal_proto_msgTypes[2]
+	mi := &file_meshca_v1_internal_proto_msgTypes[3]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -134,7 +197,7 @@ func (x *AddVoterRequest) String() string {
 func (*AddVoterRequest) ProtoMessage() {}
 
 func (x *AddVoterRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_meshca_v1_internal_proto_msgTypes[2]
+	mi := &file_meshca_v1_internal_proto_msgTypes[3]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -147,7 +210,7 @@ func (x *AddVoterRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AddVoterRequest.ProtoReflect.Descriptor instead.
 func (*AddVoterRequest) Descriptor() ([]byte, []int) {
-	return file_meshca_v1_internal_proto_rawDescGZIP(), []int{2}
+	return file_meshca_v1_internal_proto_rawDescGZIP(), []int{3}
 }
 
 func (x *AddVoterRequest) GetId() string {
@@ -173,7 +236,7 @@ type AddVoterResponse struct {
 
 func (x *AddVoterResponse) Reset() {
 	*x = AddVoterResponse{}
-	mi := &file_meshca_v1_internal_proto_msgTypes[3]
+	mi := &file_meshca_v1_internal_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -185,7 +248,7 @@ func (x *AddVoterResponse) String() string {
 func (*AddVoterResponse) ProtoMessage() {}
 
 func (x *AddVoterResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_meshca_v1_internal_proto_msgTypes[3]
+	mi := &file_meshca_v1_internal_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -198,7 +261,7 @@ func (x *AddVoterResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AddVoterResponse.ProtoReflect.Descriptor instead.
 func (*AddVoterResponse) Descriptor() ([]byte, []int) {
-	return file_meshca_v1_internal_proto_rawDescGZIP(), []int{3}
+	return file_meshca_v1_internal_proto_rawDescGZIP(), []int{4}
 }
 
 // RemoveServerRequest names the server to remove.
@@ -211,7 +274,7 @@ type RemoveServerRequest struct {
 
 func (x *RemoveServerRequest) Reset() {
 	*x = RemoveServerRequest{}
-	mi := &file_meshca_v1_internal_proto_msgTypes[4]
+	mi := &file_meshca_v1_internal_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -223,7 +286,7 @@ func (x *RemoveServerRequest) String() string {
 func (*RemoveServerRequest) ProtoMessage() {}
 
 func (x *RemoveServerRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_meshca_v1_internal_proto_msgTypes[4]
+	mi := &file_meshca_v1_internal_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -236,7 +299,7 @@ func (x *RemoveServerRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RemoveServerRequest.ProtoReflect.Descriptor instead.
 func (*RemoveServerRequest) Descriptor() ([]byte, []int) {
-	return file_meshca_v1_internal_proto_rawDescGZIP(), []int{4}
+	return file_meshca_v1_internal_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *RemoveServerRequest) GetId() string {
@@ -255,7 +318,7 @@ type RemoveServerResponse struct {
 
 func (x *RemoveServerResponse) Reset() {
 	*x = RemoveServerResponse{}
-	mi := &file_meshca_v1_internal_proto_msgTypes[5]
+	mi := &file_meshca_v1_internal_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -267,7 +330,7 @@ func (x *RemoveServerResponse) String() string {
 func (*RemoveServerResponse) ProtoMessage() {}
 
 func (x *RemoveServerResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_meshca_v1_internal_proto_msgTypes[5]
+	mi := &file_meshca_v1_internal_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -280,7 +343,7 @@ func (x *RemoveServerResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RemoveServerResponse.ProtoReflect.Descriptor instead.
 func (*RemoveServerResponse) Descriptor() ([]byte, []int) {
-	return file_meshca_v1_internal_proto_rawDescGZIP(), []int{5}
+	return file_meshca_v1_internal_proto_rawDescGZIP(), []int{6}
 }
 
 // TransferLeadershipRequest names the voter to hand leadership to; an empty id lets Raft pick
@@ -295,7 +358,7 @@ type TransferLeadershipRequest struct {
 
 func (x *TransferLeadershipRequest) Reset() {
 	*x = TransferLeadershipRequest{}
-	mi := &file_meshca_v1_internal_proto_msgTypes[6]
+	mi := &file_meshca_v1_internal_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -307,7 +370,7 @@ func (x *TransferLeadershipRequest) String() string {
 func (*TransferLeadershipRequest) ProtoMessage() {}
 
 func (x *TransferLeadershipRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_meshca_v1_internal_proto_msgTypes[6]
+	mi := &file_meshca_v1_internal_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -320,7 +383,7 @@ func (x *TransferLeadershipRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TransferLeadershipRequest.ProtoReflect.Descriptor instead.
 func (*TransferLeadershipRequest) Descriptor() ([]byte, []int) {
-	return file_meshca_v1_internal_proto_rawDescGZIP(), []int{6}
+	return file_meshca_v1_internal_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *TransferLeadershipRequest) GetId() string {
@@ -346,7 +409,7 @@ type TransferLeadershipResponse struct {
 
 func (x *TransferLeadershipResponse) Reset() {
 	*x = TransferLeadershipResponse{}
-	mi := &file_meshca_v1_internal_proto_msgTypes[7]
+	mi := &file_meshca_v1_internal_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -358,7 +421,7 @@ func (x *TransferLeadershipResponse) String() string {
 func (*TransferLeadershipResponse) ProtoMessage() {}
 
 func (x *TransferLeadershipResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_meshca_v1_internal_proto_msgTypes[7]
+	mi := &file_meshca_v1_internal_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -371,18 +434,22 @@ func (x *TransferLeadershipResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TransferLeadershipResponse.ProtoReflect.Descriptor instead.
 func (*TransferLeadershipResponse) Descriptor() ([]byte, []int) {
-	return file_meshca_v1_internal_proto_rawDescGZIP(), []int{7}
+	return file_meshca_v1_internal_proto_rawDescGZIP(), []int{8}
 }
 
 var File_meshca_v1_internal_proto protoreflect.FileDescriptor
 
 const file_meshca_v1_internal_proto_rawDesc = "" +
 	"\n" +
-	"\x18meshca/v1/internal.proto\x12\tmeshca.v1\"*\n" +
-	"\x0eForwardRequest\x12\x18\n" +
-	"\acommand\x18\x01 \x01(\fR\acommand\")\n" +
-	"\x0fForwardResponse\x12\x16\n" +
-	"\x06result\x18\x01 \x01(\fR\x06result\";\n" +
+	"\x18meshca/v1/internal.proto\x12\tmeshca.v1\",\n" +
+	"\x0eForwardRequest\x12\x1a\n" +
+	"\bcommands\x18\x01 \x03(\fR\bcommands\"E\n" +
+	"\x0fForwardResponse\x122\n" +
+	"\aresults\x18\x01 \x03(\v2\x18.meshca.v1.ForwardResultR\aresults\"U\n" +
+	"\rForwardResult\x12\x16\n" +
+	"\x06result\x18\x01 \x01(\fR\x06result\x12\x12\n" +
+	"\x04code\x18\x02 \x01(\x05R\x04code\x12\x18\n" +
+	"\amessage\x18\x03 \x01(\tR\amessage\";\n" +
 	"\x0fAddVoterRequest\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x18\n" +
 	"\aaddress\x18\x02 \x01(\tR\aaddress\"\x12\n" +
@@ -412,31 +479,33 @@ func file_meshca_v1_internal_proto_rawDescGZIP() []byte {
 	return file_meshca_v1_internal_proto_rawDescData
 }
 
-var file_meshca_v1_internal_proto_msgTypes = make([]protoimpl.MessageInfo, 8)
+var file_meshca_v1_internal_proto_msgTypes = make([]protoimpl.MessageInfo, 9)
 var file_meshca_v1_internal_proto_goTypes = []any{
 	(*ForwardRequest)(nil),             // 0: meshca.v1.ForwardRequest
 	(*ForwardResponse)(nil),            // 1: meshca.v1.ForwardResponse
-	(*AddVoterRequest)(nil),            // 2: meshca.v1.AddVoterRequest
-	(*AddVoterResponse)(nil),           // 3: meshca.v1.AddVoterResponse
-	(*RemoveServerRequest)(nil),        // 4: meshca.v1.RemoveServerRequest
-	(*RemoveServerResponse)(nil),       // 5: meshca.v1.RemoveServerResponse
-	(*TransferLeadershipRequest)(nil),  // 6: meshca.v1.TransferLeadershipRequest
-	(*TransferLeadershipResponse)(nil), // 7: meshca.v1.TransferLeadershipResponse
+	(*ForwardResult)(nil),              // 2: meshca.v1.ForwardResult
+	(*AddVoterRequest)(nil),            // 3: meshca.v1.AddVoterRequest
+	(*AddVoterResponse)(nil),           // 4: meshca.v1.AddVoterResponse
+	(*RemoveServerRequest)(nil),        // 5: meshca.v1.RemoveServerRequest
+	(*RemoveServerResponse)(nil),       // 6: meshca.v1.RemoveServerResponse
+	(*TransferLeadershipRequest)(nil),  // 7: meshca.v1.TransferLeadershipRequest
+	(*TransferLeadershipResponse)(nil), // 8: meshca.v1.TransferLeadershipResponse
 }
 var file_meshca_v1_internal_proto_depIdxs = []int32{
-	0, // 0: meshca.v1.Internal.Forward:input_type -> meshca.v1.ForwardRequest
-	2, // 1: meshca.v1.Internal.AddVoter:input_type -> meshca.v1.AddVoterRequest
-	4, // 2: meshca.v1.Internal.RemoveServer:input_type -> meshca.v1.RemoveServerRequest
-	6, // 3: meshca.v1.Internal.TransferLeadership:input_type -> meshca.v1.TransferLeadershipRequest
-	1, // 4: meshca.v1.Internal.Forward:output_type -> meshca.v1.ForwardResponse
-	3, // 5: meshca.v1.Internal.AddVoter:output_type -> meshca.v1.AddVoterResponse
-	5, // 6: meshca.v1.Internal.RemoveServer:output_type -> meshca.v1.RemoveServerResponse
-	7, // 7: meshca.v1.Internal.TransferLeadership:output_type -> meshca.v1.TransferLeadershipResponse
-	4, // [4:8] is the sub-list for method output_type
-	0, // [0:4] is the sub-list for method input_type
-	0, // [0:0] is the sub-list for extension type_name
-	0, // [0:0] is the sub-list for extension extendee
-	0, // [0:0] is the sub-list for field type_name
+	2, // 0: meshca.v1.ForwardResponse.results:type_name -> meshca.v1.ForwardResult
+	0, // 1: meshca.v1.Internal.Forward:input_type -> meshca.v1.ForwardRequest
+	3, // 2: meshca.v1.Internal.AddVoter:input_type -> meshca.v1.AddVoterRequest
+	5, // 3: meshca.v1.Internal.RemoveServer:input_type -> meshca.v1.RemoveServerRequest
+	7, // 4: meshca.v1.Internal.TransferLeadership:input_type -> meshca.v1.TransferLeadershipRequest
+	1, // 5: meshca.v1.Internal.Forward:output_type -> meshca.v1.ForwardResponse
+	4, // 6: meshca.v1.Internal.AddVoter:output_type -> meshca.v1.AddVoterResponse
+	6, // 7: meshca.v1.Internal.RemoveServer:output_type -> meshca.v1.RemoveServerResponse
+	8, // 8: meshca.v1.Internal.TransferLeadership:output_type -> meshca.v1.TransferLeadershipResponse
+	5, // [5:9] is the sub-list for method output_type
+	1, // [1:5] is the sub-list for method input_type
+	1, // [1:1] is the sub-list for extension type_name
+	1, // [1:1] is the sub-list for extension extendee
+	0, // [0:1] is the sub-list for field type_name
 }
 
 func init() { file_meshca_v1_internal_proto_init() }
@@ -450,7 +519,7 @@ func file_meshca_v1_internal_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_meshca_v1_internal_proto_rawDesc), len(file_meshca_v1_internal_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   8,
+			NumMessages:   9,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -32,8 +32,9 @@ const (
 // Internal is the service CA nodes call on each other over the cluster port (mutual TLS, ALPN
 // "h2"). Only current members of the Raft configuration may call it.
 type InternalClient interface {
-	// Forward proposes an opaque command to the Raft log. Only the leader accepts it; it answers
-	// after the command is committed and applied, with the state machine's result.
+	// Forward proposes opaque commands to the Raft log, in order. Only the leader accepts them;
+	// it answers after every command is committed and applied, with one result per command.
+	// A follower sends the commands of its concurrent callers together.
 	Forward(ctx context.Context, in *ForwardRequest, opts ...grpc.CallOption) (*ForwardResponse, error)
 	// AddVoter adds a server to the Raft configuration as a voter. Leader only.
 	AddVoter(ctx context.Context, in *AddVoterRequest, opts ...grpc.CallOption) (*AddVoterResponse, error)
@@ -98,8 +99,9 @@ func (c *internalClient) TransferLeadership(ctx context.Context, in *TransferLea
 // Internal is the service CA nodes call on each other over the cluster port (mutual TLS, ALPN
 // "h2"). Only current members of the Raft configuration may call it.
 type InternalServer interface {
-	// Forward proposes an opaque command to the Raft log. Only the leader accepts it; it answers
-	// after the command is committed and applied, with the state machine's result.
+	// Forward proposes opaque commands to the Raft log, in order. Only the leader accepts them;
+	// it answers after every command is committed and applied, with one result per command.
+	// A follower sends the commands of its concurrent callers together.
 	Forward(context.Context, *ForwardRequest) (*ForwardResponse, error)
 	// AddVoter adds a server to the Raft configuration as a voter. Leader only.
 	AddVoter(context.Context, *AddVoterRequest) (*AddVoterResponse, error)
