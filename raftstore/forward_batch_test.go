@@ -315,7 +315,7 @@ func TestFollowerBatchesConcurrentProposals(t *testing.T) {
 }
 
 // forwardedSoFar returns how many Forward calls n made and how many commands they carried.
-func forwardedSoFar(t *testing.T, n *Node) (calls uint64, cmds float64) {
+func forwardedSoFar(t testing.TB, n *Node) (calls uint64, cmds float64) {
 	t.Helper()
 	var m dto.Metric
 	if err := n.metrics.forwardBatch.Write(&m); err != nil {

@@ -169,7 +169,12 @@ func BenchmarkPropose(b *testing.B) {
 		}{{"leader", leader}, {"follower", c.follower(leader)}} {
 			for _, conc := range benchConcurrency {
 				b.Run(fmt.Sprintf("%s/c=%d", path.name, conc), func(b *testing.B) {
+					calls, cmds := forwardedSoFar(b, c.nodes[path.node])
 					runLoad(b, conc, int(benchRun.Add(1)), fx, proposeOn(c.nodes[path.node]))
+					// How many commands a follower's Forward call carried on average.
+					if calls2, cmds2 := forwardedSoFar(b, c.nodes[path.node]); calls2 > calls {
+						b.ReportMetric((cmds2-cmds)/float64(calls2-calls), "cmds/forward")
+					}
 				})
 			}
 		}
