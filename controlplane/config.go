@@ -59,8 +59,8 @@ type ListenConfig struct {
 	Cluster string `yaml:"cluster"`
 	// ClusterAdvertise is the cluster address other nodes dial, when it differs from Cluster.
 	ClusterAdvertise string `yaml:"cluster_advertise"`
-	// HTTP serves /metrics, /healthz, /readyz, /crl, the extend API and the SPIFFE bundle
-	// endpoint over HTTPS.
+	// HTTP serves /metrics, /healthz, /readyz, /crl, /ocsp, the extend API and the SPIFFE
+	// bundle endpoint over HTTPS.
 	HTTP string `yaml:"http"`
 	// ServerNames are extra DNS names or IP addresses put in the node certificate besides the
 	// listen hosts (e.g. a load balancer's name).

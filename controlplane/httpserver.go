@@ -53,6 +53,8 @@ func (s *Server) mountHTTP() error {
 		w.Header().Set("Content-Type", "application/pkix-crl")
 		w.Write(der)
 	})
+	s.mux.HandleFunc("GET "+PathOCSP+"/", s.serveOCSP)
+	s.mux.HandleFunc("POST "+PathOCSP, s.serveOCSP)
 	h, err := federation.NewHandler(s.td, spiffeBundleSource{s})
 	if err != nil {
 		return fmt.Errorf("bundle endpoint: %w", err)
