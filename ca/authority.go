@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"slices"
+	"sync/atomic"
 
 	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
@@ -15,8 +16,12 @@ import (
 	"github.com/meshca/meshca/ca/signer"
 )
 
-// ErrSign means the CA key failed to sign, or its signature did not verify.
-var ErrSign = errors.New("signing failed")
+var (
+	// ErrSign means the CA key failed to sign, or its signature did not verify.
+	ErrSign = errors.New("signing failed")
+	// ErrDecisionNotUsable means SignWorkload was given a decision it must not sign.
+	ErrDecisionNotUsable = errors.New("workload decision cannot be signed")
+)
 
 // Config is what an Authority needs.
 type Config struct {
@@ -112,6 +117,27 @@ func (a *Authority) IssueWorkload(csrDER []byte, req policy.WorkloadRequest) (*I
 	if err != nil {
 		return nil, err
 	}
+	d, err := a.DecideWorkload(csr, req)
+	if err != nil {
+		return nil, err
+	}
+	return a.SignWorkload(d)
+}
+
+// WorkloadDecision is a workload certificate the policy allowed, not yet signed. It is bound
+// to the Authority that decided it and can be signed once.
+type WorkloadDecision struct {
+	a      *Authority
+	csr    *x509.CertificateRequest
+	tmpl   *x509.Certificate
+	signed atomic.Bool
+}
+
+// DecideWorkload is the decision half of IssueWorkload, for a CSR the caller has parsed: a
+// flow that asks a provider before signing decides first, asks, then calls SignWorkload, so the
+// CSR's signature is verified once per issuance rather than once per step. The caller must not
+// modify csr until the decision is signed.
+func (a *Authority) DecideWorkload(csr *x509.CertificateRequest, req policy.WorkloadRequest) (*WorkloadDecision, error) {
 	switch req.TrustDomain {
 	case "":
 		req.TrustDomain = a.td.Name()
@@ -123,7 +149,20 @@ func (a *Authority) IssueWorkload(csrDER []byte, req policy.WorkloadRequest) (*I
 	if err != nil {
 		return nil, err
 	}
-	return a.sign(tmpl, csr, nil)
+	return &WorkloadDecision{a: a, csr: csr, tmpl: tmpl}, nil
+}
+
+// SignWorkload signs what DecideWorkload allowed. A decision of another Authority (one built
+// before a rotation) wraps ErrDecisionNotUsable, and so does a decision signed before: its
+// serial number is spent.
+func (a *Authority) SignWorkload(d *WorkloadDecision) (*Issued, error) {
+	switch {
+	case d == nil || d.a != a:
+		return nil, fmt.Errorf("%w: it was not made by this authority", ErrDecisionNotUsable)
+	case !d.signed.CompareAndSwap(false, true):
+		return nil, fmt.Errorf("%w: serial %x is already signed", ErrDecisionNotUsable, d.tmpl.SerialNumber)
+	}
+	return a.sign(d.tmpl, d.csr, nil)
 }
 
 // IssueSpec parses the DER CSR, decides it with policy.CheckSpec and signs it. Key reuse is

@@ -231,7 +231,7 @@ func (s *Server) register(ctx context.Context, in registerInput) (_ *Issued, err
 	if err != nil {
 		return nil, err
 	}
-	csrDER, csr, err := parseCSR(in.CSR)
+	_, csr, err := parseCSR(in.CSR)
 	if err != nil {
 		return nil, err
 	}
@@ -257,7 +257,8 @@ func (s *Server) register(ctx context.Context, in registerInput) (_ *Issued, err
 		Purposes: purposes(in.ServerAuth), ServerAuthAllowed: !s.cfg.CA.DenyServerAuth,
 		TTL: ttl, Now: now, Serial: serial,
 	}
-	if _, err := auth.Policy().CheckWorkload(csr, req, auth.Issuer().Certificate()); err != nil {
+	decision, err := auth.DecideWorkload(csr, req)
+	if err != nil {
 		return nil, err
 	}
 	fp := policy.FingerprintSPKI(csr.RawSubjectPublicKeyInfo)
@@ -276,15 +277,19 @@ func (s *Server) register(ctx context.Context, in registerInput) (_ *Issued, err
 		}
 	}
 	if conf.TTL > 0 && conf.TTL < req.TTL {
+		// The provider shortened the lifetime: decide again with it.
 		req.TTL = conf.TTL
+		if decision, err = auth.DecideWorkload(csr, req); err != nil {
+			return nil, err
+		}
 	}
-	issued, err := auth.IssueWorkload(csrDER, req)
+	issued, err := auth.SignWorkload(decision)
 	if err != nil {
 		return nil, err
 	}
 	ctx, cancel := context.WithTimeout(ctx, applyTimeout)
 	defer cancel()
-	res, err := s.Apply(ctx, &meshcav1.Command{Time: now.UnixNano(), Command: &meshcav1.Command_RecordRegister{RecordRegister: &meshcav1.RecordRegisterCommand{
+	res, err := s.Apply(ctx, &meshcav1.Command{Version: raftstore.CommandVersion, Time: now.UnixNano(), Command: &meshcav1.Command_RecordRegister{RecordRegister: &meshcav1.RecordRegisterCommand{
 		Provider: p.GetName(), Domain: in.Domain, Service: in.Service, InstanceId: instanceID,
 		Cert: certRecord(issued, issuer.GetId()), ClientAddr: in.ClientAddr, Hostname: in.Hostname,
 		TokenJti: conf.TokenJTI,
@@ -331,7 +336,7 @@ func (s *Server) refresh(ctx context.Context, clientCert *x509.Certificate, csrP
 	if err := s.limitIdentity(raftstore.InstanceKey(p.GetName(), domain, service, instanceID)); err != nil {
 		return nil, err
 	}
-	csrDER, csr, err := parseCSR(csrPEM)
+	_, csr, err := parseCSR(csrPEM)
 	if err != nil {
 		return nil, err
 	}
@@ -356,10 +361,11 @@ func (s *Server) refresh(ctx context.Context, clientCert *x509.Certificate, csrP
 		Purposes: purposes(opts.ServerAuth), ServerAuthAllowed: !s.cfg.CA.DenyServerAuth,
 		TTL: ttl, Now: now, Serial: serial,
 	}
+	decision, err := auth.DecideWorkload(csr, req)
+	if err != nil {
+		return nil, err
+	}
 	if p.GetRefreshNeedsConfirmation() {
-		if _, err := auth.Policy().CheckWorkload(csr, req, auth.Issuer().Certificate()); err != nil {
-			return nil, err
-		}
 		conf, err := s.confirmWith(ctx, p, &confirm.Request{
 			Operation: confirm.OperationRefresh, Provider: p.GetName(), Domain: domain, Service: service,
 			InstanceID: instanceID, AttestationData: opts.AttestationData, SANs: sansOf(csr),
@@ -370,15 +376,18 @@ func (s *Server) refresh(ctx context.Context, clientCert *x509.Certificate, csrP
 		}
 		if conf.TTL > 0 && conf.TTL < req.TTL {
 			req.TTL = conf.TTL
+			if decision, err = auth.DecideWorkload(csr, req); err != nil {
+				return nil, err
+			}
 		}
 	}
-	issued, err := auth.IssueWorkload(csrDER, req)
+	issued, err := auth.SignWorkload(decision)
 	if err != nil {
 		return nil, err
 	}
 	ctx, cancel := context.WithTimeout(ctx, applyTimeout)
 	defer cancel()
-	res, err := s.Apply(ctx, &meshcav1.Command{Time: now.UnixNano(), Command: &meshcav1.Command_RecordRefresh{RecordRefresh: &meshcav1.RecordRefreshCommand{
+	res, err := s.Apply(ctx, &meshcav1.Command{Version: raftstore.CommandVersion, Time: now.UnixNano(), Command: &meshcav1.Command_RecordRefresh{RecordRefresh: &meshcav1.RecordRefreshCommand{
 		Provider: p.GetName(), Domain: domain, Service: service, InstanceId: instanceID,
 		PresentedSerial: clientCert.SerialNumber.Text(16),
 		Cert:            certRecord(issued, issuer.GetId()), ClientAddr: opts.ClientAddr, Hostname: opts.Hostname,
