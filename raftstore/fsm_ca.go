@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"crypto/sha256"
 	"slices"
+	"time"
 
 	meshcav1 "github.com/meshca/meshca/api/meshca/v1"
 )
@@ -155,8 +156,15 @@ func applyActivateCAIssuer(tx *txn, c *meshcav1.ActivateCAIssuerCommand) outcome
 	old := ca.ActiveIssuer
 	ca.RetiredIssuers = append(ca.RetiredIssuers, old)
 	ca.ActiveIssuer, ca.NextIssuer, ca.Updated = ca.NextIssuer, nil, tx.now
+	// The request belongs to this activate alone: a later one without it clears it.
+	ca.ReissueRequested = 0
+	detail := "signing switched from issuer " + old.GetId() + " to " + next.GetId()
+	if c.GetReissue() {
+		ca.ReissueRequested = tx.now
+		detail += "; certificates it did not sign are to be replaced now"
+	}
 	tx.ca = ca
-	tx.event(meshcav1.EventKind_EVENT_KIND_CA_ROTATED, "ca", "", "signing switched from issuer "+old.GetId()+" to "+next.GetId())
+	tx.event(meshcav1.EventKind_EVENT_KIND_CA_ROTATED, "ca", "", detail)
 	return success(ca)
 }
 
@@ -189,8 +197,8 @@ func applyRetireCARoot(tx *txn, c *meshcav1.RetireCARootCommand) outcome {
 			continue
 		}
 		if u, ok := tx.issuerUses.Get(is.GetId()); ok && u.GetLastNotAfter() > tx.now {
-			return refusal(codeFailedPrecondition, "%s.root_sha256: issuer %q signed certificates valid until %d (command time %d); drop the root after that",
-				field, is.GetId(), u.GetLastNotAfter(), tx.now)
+			return refusal(codeFailedPrecondition, "%s.root_sha256: issuer %q signed certificates valid until %s (command time %s); drop the root after that",
+				field, is.GetId(), nanosUTC(u.GetLastNotAfter()), nanosUTC(tx.now))
 		}
 		dropped = append(dropped, is.GetId())
 	}
@@ -245,3 +253,7 @@ func applyRemoveFederation(tx *txn, c *meshcav1.RemoveFederationCommand) outcome
 	tx.event(meshcav1.EventKind_EVENT_KIND_FEDERATION_REMOVED, c.GetTrustDomain(), "", "federation removed")
 	return success(nil)
 }
+
+// nanosUTC formats a Unix-nanosecond time for a refusal: RFC 3339 in UTC with the nanoseconds
+// it has, the same on every node.
+func nanosUTC(t int64) string { return time.Unix(0, t).UTC().Format(time.RFC3339Nano) }

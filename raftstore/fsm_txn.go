@@ -2,7 +2,6 @@ package raftstore
 
 import (
 	"fmt"
-	"time"
 
 	meshcav1 "github.com/meshca/meshca/api/meshca/v1"
 )
@@ -72,11 +71,9 @@ func (tx *txn) recordIssuance(is issuance) {
 			FirstUsed: tx.now, NotAfter: c.GetNotAfter(),
 		})
 	}
-	// The bound is rounded up to the hour: it stays a safe upper bound for root retirement,
-	// and the record changes once an hour instead of with every certificate.
-	bound := ceilHour(c.GetNotAfter())
-	if u, ok := tx.issuerUses.Get(c.GetIssuerId()); !ok || u.GetLastNotAfter() < bound {
-		tx.issuerUses.Set(c.GetIssuerId(), &meshcav1.IssuerUse{IssuerId: c.GetIssuerId(), LastNotAfter: bound})
+	// The bound is exact, so a root can be retired the moment its last certificate expires.
+	if u, ok := tx.issuerUses.Get(c.GetIssuerId()); !ok || u.GetLastNotAfter() < c.GetNotAfter() {
+		tx.issuerUses.Set(c.GetIssuerId(), &meshcav1.IssuerUse{IssuerId: c.GetIssuerId(), LastNotAfter: c.GetNotAfter()})
 	}
 }
 
@@ -260,14 +257,3 @@ func deny(code meshcav1.ResultCode, format string, args ...any) *outcome {
 
 // indexed names an element of a repeated field.
 func indexed(field string, i int) string { return fmt.Sprintf("%s[%d]", field, i) }
-
-// ceilHour rounds a Unix-nanosecond time up to a whole hour.
-func ceilHour(t int64) int64 {
-	const hour = int64(time.Hour)
-	if r := t % hour; r > 0 {
-		return t + hour - r
-	} else if r < 0 {
-		return t - r
-	}
-	return t
-}

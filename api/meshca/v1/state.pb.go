@@ -1420,10 +1420,14 @@ type CA struct {
 	// Former active issuers whose root is still in the bundle.
 	RetiredIssuers []*Issuer `protobuf:"bytes,4,rep,name=retired_issuers,json=retiredIssuers,proto3" json:"retired_issuers,omitempty"`
 	// Incremented on every change to the revocation list.
-	CrlNumber     uint64 `protobuf:"varint,5,opt,name=crl_number,json=crlNumber,proto3" json:"crl_number,omitempty"`
-	Updated       int64  `protobuf:"varint,6,opt,name=updated,proto3" json:"updated,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	CrlNumber uint64 `protobuf:"varint,5,opt,name=crl_number,json=crlNumber,proto3" json:"crl_number,omitempty"`
+	Updated   int64  `protobuf:"varint,6,opt,name=updated,proto3" json:"updated,omitempty"`
+	// reissue_requested is the command time (Unix nanoseconds) of the activate that made the
+	// active issuer active with reissue: every certificate it did not sign is to be replaced at
+	// once, not on its schedule. Zero when that activate did not ask for it.
+	ReissueRequested int64 `protobuf:"varint,7,opt,name=reissue_requested,json=reissueRequested,proto3" json:"reissue_requested,omitempty"`
+	unknownFields    protoimpl.UnknownFields
+	sizeCache        protoimpl.SizeCache
 }
 
 func (x *CA) Reset() {
@@ -1498,13 +1502,19 @@ func (x *CA) GetUpdated() int64 {
 	return 0
 }
 
+func (x *CA) GetReissueRequested() int64 {
+	if x != nil {
+		return x.ReissueRequested
+	}
+	return 0
+}
+
 // IssuerUse bounds the not_after of every certificate an issuer signed, so a root can be
 // dropped only after every certificate under it has expired. Key: issuer_id.
 type IssuerUse struct {
 	state    protoimpl.MessageState `protogen:"open.v1"`
 	IssuerId string                 `protobuf:"bytes,1,opt,name=issuer_id,json=issuerId,proto3" json:"issuer_id,omitempty"`
-	// The latest not_after, rounded up to a whole hour (a safe upper bound that changes at most
-	// once an hour).
+	// The latest not_after, exactly: a root can be retired the moment it has passed.
 	LastNotAfter  int64 `protobuf:"varint,2,opt,name=last_not_after,json=lastNotAfter,proto3" json:"last_not_after,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -4257,7 +4267,10 @@ func (x *PrepareCARotationCommand) GetNextIssuer() *Issuer {
 type ActivateCAIssuerCommand struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// Must equal the prepared next issuer's id.
-	IssuerId      string `protobuf:"bytes,1,opt,name=issuer_id,json=issuerId,proto3" json:"issuer_id,omitempty"`
+	IssuerId string `protobuf:"bytes,1,opt,name=issuer_id,json=issuerId,proto3" json:"issuer_id,omitempty"`
+	// reissue asks agents to replace every certificate the new issuer did not sign at once
+	// (CA.reissue_requested); without it they keep their normal schedule.
+	Reissue       bool `protobuf:"varint,2,opt,name=reissue,proto3" json:"reissue,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -4297,6 +4310,13 @@ func (x *ActivateCAIssuerCommand) GetIssuerId() string {
 		return x.IssuerId
 	}
 	return ""
+}
+
+func (x *ActivateCAIssuerCommand) GetReissue() bool {
+	if x != nil {
+		return x.Reissue
+	}
+	return false
 }
 
 // RetireCARootCommand drops a root from the bundle. Refused while the active or next issuer
@@ -5455,7 +5475,7 @@ const file_meshca_v1_state_proto_rawDesc = "" +
 	"\x06signer\x18\x03 \x01(\v2\x14.meshca.v1.SignerRefR\x06signer\x12\x1f\n" +
 	"\vroot_sha256\x18\x04 \x01(\fR\n" +
 	"rootSha256\x12\x1b\n" +
-	"\tnot_after\x18\x05 \x01(\x03R\bnotAfter\"\xfb\x01\n" +
+	"\tnot_after\x18\x05 \x01(\x03R\bnotAfter\"\xa8\x02\n" +
 	"\x02CA\x12\x14\n" +
 	"\x05roots\x18\x01 \x03(\fR\x05roots\x126\n" +
 	"\ractive_issuer\x18\x02 \x01(\v2\x11.meshca.v1.IssuerR\factiveIssuer\x122\n" +
@@ -5464,7 +5484,8 @@ const file_meshca_v1_state_proto_rawDesc = "" +
 	"\x0fretired_issuers\x18\x04 \x03(\v2\x11.meshca.v1.IssuerR\x0eretiredIssuers\x12\x1d\n" +
 	"\n" +
 	"crl_number\x18\x05 \x01(\x04R\tcrlNumber\x12\x18\n" +
-	"\aupdated\x18\x06 \x01(\x03R\aupdated\"N\n" +
+	"\aupdated\x18\x06 \x01(\x03R\aupdated\x12+\n" +
+	"\x11reissue_requested\x18\a \x01(\x03R\x10reissueRequested\"N\n" +
 	"\tIssuerUse\x12\x1b\n" +
 	"\tissuer_id\x18\x01 \x01(\tR\bissuerId\x12$\n" +
 	"\x0elast_not_after\x18\x02 \x01(\x03R\flastNotAfter\"\xd0\x01\n" +
@@ -5671,9 +5692,10 @@ const file_meshca_v1_state_proto_rawDesc = "" +
 	"\x18PrepareCARotationCommand\x12\x19\n" +
 	"\bnew_root\x18\x01 \x01(\fR\anewRoot\x122\n" +
 	"\vnext_issuer\x18\x02 \x01(\v2\x11.meshca.v1.IssuerR\n" +
-	"nextIssuer\"6\n" +
+	"nextIssuer\"P\n" +
 	"\x17ActivateCAIssuerCommand\x12\x1b\n" +
-	"\tissuer_id\x18\x01 \x01(\tR\bissuerId\"6\n" +
+	"\tissuer_id\x18\x01 \x01(\tR\bissuerId\x12\x18\n" +
+	"\areissue\x18\x02 \x01(\bR\areissue\"6\n" +
 	"\x13RetireCARootCommand\x12\x1f\n" +
 	"\vroot_sha256\x18\x01 \x01(\fR\n" +
 	"rootSha256\"M\n" +
