@@ -22,6 +22,8 @@
 //   - "ALL": a CertificateValidationContext whose custom_validator_config is the
 //     envoy.tls.cert_validator.spiffe SPIFFECertValidatorConfig with every trusted and federated
 //     bundle.
+//   - "meshca-issuer" (on a CA node, for agents): the active issuer and whether certificates it
+//     did not sign are to be replaced at once, a meshca.v1.IssuerNotice in a generic secret.
 //
 // # What is answered when
 //

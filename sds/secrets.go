@@ -21,6 +21,8 @@ const (
 	NameRootCA = "ROOTCA"
 	// NameAll is a SPIFFE validator config with every trusted and federated bundle.
 	NameAll = "ALL"
+	// NameIssuerNotice is a CA node's meshca.v1.IssuerNotice for agents, a generic secret.
+	NameIssuerNotice = "meshca-issuer"
 )
 
 // SPIFFEValidatorName is the Envoy extension name of the SPIFFE certificate validator used by
@@ -81,6 +83,9 @@ func secretsFor(v View) (map[string]*tlsv3.Secret, error) {
 				}},
 			}
 		}
+	}
+	for name, data := range v.Generic {
+		out[name] = &tlsv3.Secret{Name: name, Type: &tlsv3.Secret_GenericSecret{GenericSecret: &tlsv3.GenericSecret{Secret: inline(data)}}}
 	}
 	bundles := v.AllBundles()
 	if len(bundles) == 0 {

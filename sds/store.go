@@ -6,6 +6,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"maps"
 	"slices"
 	"strings"
 	"sync"
@@ -21,6 +22,9 @@ var ErrInvalidSVID = errors.New("invalid SVID")
 // ErrInvalidBundle is returned by Store.SetBundle for a bundle that cannot be served.
 var ErrInvalidBundle = errors.New("invalid bundle")
 
+// ErrInvalidName is returned by Store.SetGeneric for a name that is not a generic secret's.
+var ErrInvalidName = errors.New("invalid secret name")
+
 // View is what one workload identity is served at one moment. A View is immutable: the Store
 // replaces, never edits, what a View points to.
 type View struct {
@@ -34,6 +38,9 @@ type View struct {
 	SVID *x509svid.SVID
 	// Bundles holds every trust bundle: the identity's own trust domain and the federated ones.
 	Bundles *x509bundle.Set
+	// Generic holds opaque secrets by resource name, served to every identity as Envoy generic
+	// secrets: a CA node tells agents its issuer this way (NameIssuerNotice). Never edited.
+	Generic map[string][]byte
 }
 
 // OwnBundle returns the bundle of the identity's own trust domain.
@@ -79,6 +86,7 @@ type Store struct {
 	bundles   map[spiffeid.TrustDomain]*x509bundle.Bundle
 	bundleSet *x509bundle.Set // rebuilt on every bundle change, never edited after
 	bundleSeq uint64
+	generic   map[string][]byte // replaced, never edited
 	changed   chan struct{}
 }
 
@@ -165,6 +173,31 @@ func (s *Store) RemoveBundle(td spiffeid.TrustDomain) bool {
 	return true
 }
 
+// SetGeneric serves data to every identity as the generic secret name, replacing what was there;
+// nil data removes it. The names of certificates and bundles are refused. Generic secrets
+// version with the bundles.
+func (s *Store) SetGeneric(name string, data []byte) error {
+	if name == "" || name == NameDefault || name == NameRootCA || name == NameAll || strings.HasPrefix(name, "spiffe://") {
+		return fmt.Errorf("generic secret %q: must be a non-empty name other than default, ROOTCA, ALL or a SPIFFE ID: %w", name, ErrInvalidName)
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	next := maps.Clone(s.generic)
+	if data == nil {
+		delete(next, name)
+	} else {
+		if next == nil {
+			next = map[string][]byte{}
+		}
+		next[name] = slices.Clone(data)
+	}
+	s.generic = next
+	s.seq++
+	s.bundleSeq = s.seq
+	s.notifyLocked()
+	return nil
+}
+
 func (s *Store) bundlesChangedLocked() {
 	set := x509bundle.NewSet()
 	for _, b := range s.bundles {
@@ -191,6 +224,7 @@ func (s *Store) View(id spiffeid.ID) View {
 		Version: fmt.Sprintf("%s-%d-%d", s.epoch, e.seq, s.bundleSeq),
 		SVID:    e.svid,
 		Bundles: s.bundleSet,
+		Generic: s.generic,
 	}
 }
 
