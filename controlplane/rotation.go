@@ -175,11 +175,13 @@ func (r *rotationService) Activate(ctx context.Context, req *meshcav1.ActivateRo
 			return nil, refuse(raftstore.ErrFailedPrecondition, "ca.next_issuer.signer", "this node cannot open the next issuer's key: %v", err)
 		}
 	}
-	cmd := &meshcav1.Command{Command: &meshcav1.Command_ActivateCaIssuer{ActivateCaIssuer: &meshcav1.ActivateCAIssuerCommand{IssuerId: id}}}
+	cmd := &meshcav1.Command{Command: &meshcav1.Command_ActivateCaIssuer{ActivateCaIssuer: &meshcav1.ActivateCAIssuerCommand{
+		IssuerId: id, Reissue: req.GetReissue(),
+	}}}
 	if err := r.apply(ctx, cmd); err != nil {
 		return nil, err
 	}
-	r.s.Logger().Info("ca rotation activated", "issuer", id)
+	r.s.Logger().Info("ca rotation activated", "issuer", id, "reissue", req.GetReissue())
 	return r.status()
 }
 
@@ -279,6 +281,9 @@ func (r *rotationService) status() (*meshcav1.RotationStatus, error) {
 	}
 	if out.RetirableRoots, err = retirableRoots(st, rec); err != nil {
 		return nil, err
+	}
+	if at := rec.GetReissueRequested(); at != 0 {
+		out.Reissue = &meshcav1.ReissueStatus{IssuerId: rec.GetActiveIssuer().GetId(), Requested: time.Unix(0, at).Unix()}
 	}
 	return out, nil
 }

@@ -24,6 +24,7 @@ func (s *Server) watchState(ctx context.Context) {
 		st := s.fsm.State()
 		s.syncCA(st)
 		s.syncBundles(st)
+		s.syncIssuerNotice(st)
 		select {
 		case <-changed:
 		case <-ctx.Done():

@@ -62,7 +62,9 @@ func (*PrepareRotationRequest) Descriptor() ([]byte, []int) {
 type ActivateRotationRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// issuer_id must equal the prepared next issuer's id; empty means the prepared one.
-	IssuerId      string `protobuf:"bytes,1,opt,name=issuer_id,json=issuerId,proto3" json:"issuer_id,omitempty"`
+	IssuerId string `protobuf:"bytes,1,opt,name=issuer_id,json=issuerId,proto3" json:"issuer_id,omitempty"`
+	// reissue asks every agent to replace now each certificate the new issuer did not sign.
+	Reissue       bool `protobuf:"varint,2,opt,name=reissue,proto3" json:"reissue,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -102,6 +104,13 @@ func (x *ActivateRotationRequest) GetIssuerId() string {
 		return x.IssuerId
 	}
 	return ""
+}
+
+func (x *ActivateRotationRequest) GetReissue() bool {
+	if x != nil {
+		return x.Reissue
+	}
+	return false
 }
 
 // RetireRotationRequest names the root to drop.
@@ -194,8 +203,11 @@ type RotationStatus struct {
 	Ca    *CAStatus              `protobuf:"bytes,1,opt,name=ca,proto3" json:"ca,omitempty"`
 	// retirable_roots are the roots no active or next issuer chains to, oldest first.
 	RetirableRoots []*RetirableRoot `protobuf:"bytes,2,rep,name=retirable_roots,json=retirableRoots,proto3" json:"retirable_roots,omitempty"`
-	unknownFields  protoimpl.UnknownFields
-	sizeCache      protoimpl.SizeCache
+	// reissue is set when the activate of the active issuer asked for every certificate it did
+	// not sign to be replaced at once.
+	Reissue       *ReissueStatus `protobuf:"bytes,3,opt,name=reissue,proto3" json:"reissue,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *RotationStatus) Reset() {
@@ -242,14 +254,146 @@ func (x *RotationStatus) GetRetirableRoots() []*RetirableRoot {
 	return nil
 }
 
+func (x *RotationStatus) GetReissue() *ReissueStatus {
+	if x != nil {
+		return x.Reissue
+	}
+	return nil
+}
+
+// ReissueStatus is an activate's request that agents replace, at once, every certificate the
+// active issuer did not sign.
+type ReissueStatus struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// issuer_id is the active issuer, the one every certificate must come from.
+	IssuerId string `protobuf:"bytes,1,opt,name=issuer_id,json=issuerId,proto3" json:"issuer_id,omitempty"`
+	// requested is when the activate was applied (Unix seconds).
+	Requested     int64 `protobuf:"varint,2,opt,name=requested,proto3" json:"requested,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ReissueStatus) Reset() {
+	*x = ReissueStatus{}
+	mi := &file_meshca_v1_rotation_proto_msgTypes[5]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ReissueStatus) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ReissueStatus) ProtoMessage() {}
+
+func (x *ReissueStatus) ProtoReflect() protoreflect.Message {
+	mi := &file_meshca_v1_rotation_proto_msgTypes[5]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ReissueStatus.ProtoReflect.Descriptor instead.
+func (*ReissueStatus) Descriptor() ([]byte, []int) {
+	return file_meshca_v1_rotation_proto_rawDescGZIP(), []int{5}
+}
+
+func (x *ReissueStatus) GetIssuerId() string {
+	if x != nil {
+		return x.IssuerId
+	}
+	return ""
+}
+
+func (x *ReissueStatus) GetRequested() int64 {
+	if x != nil {
+		return x.Requested
+	}
+	return 0
+}
+
+// IssuerNotice is what a CA node tells agents on their bundle stream, as the SDS generic
+// secret "meshca-issuer" beside ROOTCA and ALL: which issuer signs now, and whether
+// certificates it did not sign are to be replaced at once.
+type IssuerNotice struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// issuer_id is the active issuer's id.
+	IssuerId string `protobuf:"bytes,1,opt,name=issuer_id,json=issuerId,proto3" json:"issuer_id,omitempty"`
+	// issuer_certificate is the active issuer's DER certificate, the one that signs workload
+	// certificates (the root itself for a self-signed CA).
+	IssuerCertificate []byte `protobuf:"bytes,2,opt,name=issuer_certificate,json=issuerCertificate,proto3" json:"issuer_certificate,omitempty"`
+	// reissue_requested is when the activate that asked for reissue was applied (Unix
+	// nanoseconds); zero when certificates are replaced on their normal schedule.
+	ReissueRequested int64 `protobuf:"varint,3,opt,name=reissue_requested,json=reissueRequested,proto3" json:"reissue_requested,omitempty"`
+	unknownFields    protoimpl.UnknownFields
+	sizeCache        protoimpl.SizeCache
+}
+
+func (x *IssuerNotice) Reset() {
+	*x = IssuerNotice{}
+	mi := &file_meshca_v1_rotation_proto_msgTypes[6]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *IssuerNotice) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*IssuerNotice) ProtoMessage() {}
+
+func (x *IssuerNotice) ProtoReflect() protoreflect.Message {
+	mi := &file_meshca_v1_rotation_proto_msgTypes[6]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use IssuerNotice.ProtoReflect.Descriptor instead.
+func (*IssuerNotice) Descriptor() ([]byte, []int) {
+	return file_meshca_v1_rotation_proto_rawDescGZIP(), []int{6}
+}
+
+func (x *IssuerNotice) GetIssuerId() string {
+	if x != nil {
+		return x.IssuerId
+	}
+	return ""
+}
+
+func (x *IssuerNotice) GetIssuerCertificate() []byte {
+	if x != nil {
+		return x.IssuerCertificate
+	}
+	return nil
+}
+
+func (x *IssuerNotice) GetReissueRequested() int64 {
+	if x != nil {
+		return x.ReissueRequested
+	}
+	return 0
+}
+
 // RetirableRoot is a root that only retired issuers chain to.
 type RetirableRoot struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// sha256 is the hex SHA-256 of the root's DER.
 	Sha256  string `protobuf:"bytes,1,opt,name=sha256,proto3" json:"sha256,omitempty"`
 	Subject string `protobuf:"bytes,2,opt,name=subject,proto3" json:"subject,omitempty"`
-	// retire_after is when the last certificate signed under the root expires (Unix seconds):
-	// Retire is accepted from then on. Zero when no certificate was recorded.
+	// retire_after is when the last certificate signed under the root expires (Unix seconds,
+	// rounded up to the second; the state machine keeps the exact time): Retire is accepted
+	// from then on. Zero when no certificate was recorded.
 	RetireAfter   int64 `protobuf:"varint,3,opt,name=retire_after,json=retireAfter,proto3" json:"retire_after,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -257,7 +401,7 @@ type RetirableRoot struct {
 
 func (x *RetirableRoot) Reset() {
 	*x = RetirableRoot{}
-	mi := &file_meshca_v1_rotation_proto_msgTypes[5]
+	mi := &file_meshca_v1_rotation_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -269,7 +413,7 @@ func (x *RetirableRoot) String() string {
 func (*RetirableRoot) ProtoMessage() {}
 
 func (x *RetirableRoot) ProtoReflect() protoreflect.Message {
-	mi := &file_meshca_v1_rotation_proto_msgTypes[5]
+	mi := &file_meshca_v1_rotation_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -282,7 +426,7 @@ func (x *RetirableRoot) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RetirableRoot.ProtoReflect.Descriptor instead.
 func (*RetirableRoot) Descriptor() ([]byte, []int) {
-	return file_meshca_v1_rotation_proto_rawDescGZIP(), []int{5}
+	return file_meshca_v1_rotation_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *RetirableRoot) GetSha256() string {
@@ -311,16 +455,25 @@ var File_meshca_v1_rotation_proto protoreflect.FileDescriptor
 const file_meshca_v1_rotation_proto_rawDesc = "" +
 	"\n" +
 	"\x18meshca/v1/rotation.proto\x12\tmeshca.v1\x1a\x15meshca/v1/admin.proto\"\x18\n" +
-	"\x16PrepareRotationRequest\"6\n" +
+	"\x16PrepareRotationRequest\"P\n" +
 	"\x17ActivateRotationRequest\x12\x1b\n" +
-	"\tissuer_id\x18\x01 \x01(\tR\bissuerId\"8\n" +
+	"\tissuer_id\x18\x01 \x01(\tR\bissuerId\x12\x18\n" +
+	"\areissue\x18\x02 \x01(\bR\areissue\"8\n" +
 	"\x15RetireRotationRequest\x12\x1f\n" +
 	"\vroot_sha256\x18\x01 \x01(\tR\n" +
 	"rootSha256\"\x17\n" +
-	"\x15RotationStatusRequest\"x\n" +
+	"\x15RotationStatusRequest\"\xac\x01\n" +
 	"\x0eRotationStatus\x12#\n" +
 	"\x02ca\x18\x01 \x01(\v2\x13.meshca.v1.CAStatusR\x02ca\x12A\n" +
-	"\x0fretirable_roots\x18\x02 \x03(\v2\x18.meshca.v1.RetirableRootR\x0eretirableRoots\"d\n" +
+	"\x0fretirable_roots\x18\x02 \x03(\v2\x18.meshca.v1.RetirableRootR\x0eretirableRoots\x122\n" +
+	"\areissue\x18\x03 \x01(\v2\x18.meshca.v1.ReissueStatusR\areissue\"J\n" +
+	"\rReissueStatus\x12\x1b\n" +
+	"\tissuer_id\x18\x01 \x01(\tR\bissuerId\x12\x1c\n" +
+	"\trequested\x18\x02 \x01(\x03R\trequested\"\x87\x01\n" +
+	"\fIssuerNotice\x12\x1b\n" +
+	"\tissuer_id\x18\x01 \x01(\tR\bissuerId\x12-\n" +
+	"\x12issuer_certificate\x18\x02 \x01(\fR\x11issuerCertificate\x12+\n" +
+	"\x11reissue_requested\x18\x03 \x01(\x03R\x10reissueRequested\"d\n" +
 	"\rRetirableRoot\x12\x16\n" +
 	"\x06sha256\x18\x01 \x01(\tR\x06sha256\x12\x18\n" +
 	"\asubject\x18\x02 \x01(\tR\asubject\x12!\n" +
@@ -344,32 +497,35 @@ func file_meshca_v1_rotation_proto_rawDescGZIP() []byte {
 	return file_meshca_v1_rotation_proto_rawDescData
 }
 
-var file_meshca_v1_rotation_proto_msgTypes = make([]protoimpl.MessageInfo, 6)
+var file_meshca_v1_rotation_proto_msgTypes = make([]protoimpl.MessageInfo, 8)
 var file_meshca_v1_rotation_proto_goTypes = []any{
 	(*PrepareRotationRequest)(nil),  // 0: meshca.v1.PrepareRotationRequest
 	(*ActivateRotationRequest)(nil), // 1: meshca.v1.ActivateRotationRequest
 	(*RetireRotationRequest)(nil),   // 2: meshca.v1.RetireRotationRequest
 	(*RotationStatusRequest)(nil),   // 3: meshca.v1.RotationStatusRequest
 	(*RotationStatus)(nil),          // 4: meshca.v1.RotationStatus
-	(*RetirableRoot)(nil),           // 5: meshca.v1.RetirableRoot
-	(*CAStatus)(nil),                // 6: meshca.v1.CAStatus
+	(*ReissueStatus)(nil),           // 5: meshca.v1.ReissueStatus
+	(*IssuerNotice)(nil),            // 6: meshca.v1.IssuerNotice
+	(*RetirableRoot)(nil),           // 7: meshca.v1.RetirableRoot
+	(*CAStatus)(nil),                // 8: meshca.v1.CAStatus
 }
 var file_meshca_v1_rotation_proto_depIdxs = []int32{
-	6, // 0: meshca.v1.RotationStatus.ca:type_name -> meshca.v1.CAStatus
-	5, // 1: meshca.v1.RotationStatus.retirable_roots:type_name -> meshca.v1.RetirableRoot
-	0, // 2: meshca.v1.CARotation.Prepare:input_type -> meshca.v1.PrepareRotationRequest
-	1, // 3: meshca.v1.CARotation.Activate:input_type -> meshca.v1.ActivateRotationRequest
-	2, // 4: meshca.v1.CARotation.Retire:input_type -> meshca.v1.RetireRotationRequest
-	3, // 5: meshca.v1.CARotation.Status:input_type -> meshca.v1.RotationStatusRequest
-	4, // 6: meshca.v1.CARotation.Prepare:output_type -> meshca.v1.RotationStatus
-	4, // 7: meshca.v1.CARotation.Activate:output_type -> meshca.v1.RotationStatus
-	4, // 8: meshca.v1.CARotation.Retire:output_type -> meshca.v1.RotationStatus
-	4, // 9: meshca.v1.CARotation.Status:output_type -> meshca.v1.RotationStatus
-	6, // [6:10] is the sub-list for method output_type
-	2, // [2:6] is the sub-list for method input_type
-	2, // [2:2] is the sub-list for extension type_name
-	2, // [2:2] is the sub-list for extension extendee
-	0, // [0:2] is the sub-list for field type_name
+	8, // 0: meshca.v1.RotationStatus.ca:type_name -> meshca.v1.CAStatus
+	7, // 1: meshca.v1.RotationStatus.retirable_roots:type_name -> meshca.v1.RetirableRoot
+	5, // 2: meshca.v1.RotationStatus.reissue:type_name -> meshca.v1.ReissueStatus
+	0, // 3: meshca.v1.CARotation.Prepare:input_type -> meshca.v1.PrepareRotationRequest
+	1, // 4: meshca.v1.CARotation.Activate:input_type -> meshca.v1.ActivateRotationRequest
+	2, // 5: meshca.v1.CARotation.Retire:input_type -> meshca.v1.RetireRotationRequest
+	3, // 6: meshca.v1.CARotation.Status:input_type -> meshca.v1.RotationStatusRequest
+	4, // 7: meshca.v1.CARotation.Prepare:output_type -> meshca.v1.RotationStatus
+	4, // 8: meshca.v1.CARotation.Activate:output_type -> meshca.v1.RotationStatus
+	4, // 9: meshca.v1.CARotation.Retire:output_type -> meshca.v1.RotationStatus
+	4, // 10: meshca.v1.CARotation.Status:output_type -> meshca.v1.RotationStatus
+	7, // [7:11] is the sub-list for method output_type
+	3, // [3:7] is the sub-list for method input_type
+	3, // [3:3] is the sub-list for extension type_name
+	3, // [3:3] is the sub-list for extension extendee
+	0, // [0:3] is the sub-list for field type_name
 }
 
 func init() { file_meshca_v1_rotation_proto_init() }
@@ -384,7 +540,7 @@ func file_meshca_v1_rotation_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_meshca_v1_rotation_proto_rawDesc), len(file_meshca_v1_rotation_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   6,
+			NumMessages:   8,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -38,7 +38,9 @@ type CARotationClient interface {
 	// new label) and a new self-signed root, and publishes it at the front of the bundle as the
 	// next issuer. Refused while a rotation is already prepared.
 	Prepare(ctx context.Context, in *PrepareRotationRequest, opts ...grpc.CallOption) (*RotationStatus, error)
-	// Activate switches signing to the prepared next issuer.
+	// Activate switches signing to the prepared next issuer. With reissue, agents replace every
+	// certificate the new issuer did not sign at once (each after a jitter of a few seconds)
+	// instead of on its schedule.
 	Activate(ctx context.Context, in *ActivateRotationRequest, opts ...grpc.CallOption) (*RotationStatus, error)
 	// Retire drops a root no issuer uses any more; refused (FAILED_PRECONDITION, naming the
 	// time it becomes possible) while a certificate signed under it is unexpired.
@@ -108,7 +110,9 @@ type CARotationServer interface {
 	// new label) and a new self-signed root, and publishes it at the front of the bundle as the
 	// next issuer. Refused while a rotation is already prepared.
 	Prepare(context.Context, *PrepareRotationRequest) (*RotationStatus, error)
-	// Activate switches signing to the prepared next issuer.
+	// Activate switches signing to the prepared next issuer. With reissue, agents replace every
+	// certificate the new issuer did not sign at once (each after a jitter of a few seconds)
+	// instead of on its schedule.
 	Activate(context.Context, *ActivateRotationRequest) (*RotationStatus, error)
 	// Retire drops a root no issuer uses any more; refused (FAILED_PRECONDITION, naming the
 	// time it becomes possible) while a certificate signed under it is unexpired.
