@@ -14,6 +14,7 @@ import (
 	"slices"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -29,13 +30,27 @@ import (
 // certificate, as an agent must. The crypto floor is the same CPU work in-process: verify a
 // P-256 CSR and sign a P-256 certificate with the standard library.
 //
+// Besides the rates, which depend on what else the machine runs, each scenario reports the CPU
+// time the server processes spent per call (leader-cpu-us/call, servers-cpu-us/call, from
+// their process_cpu_seconds_total) and the floor its own (cpu-us/call): those compare across
+// runs on a shared machine.
+//
 // Run it briefly, e.g. go test -run '^$' -bench Cluster -benchtime 200x ./controlplane/
 func BenchmarkCluster(b *testing.B) {
 	b.Run("crypto_floor/P-256", benchCryptoFloor)
-	c := startE2E(b, func(_ int, cfg *controlplane.Config) {
-		cfg.Limits.IssuePerIdentityPerMinute = 1 << 30
-		cfg.Limits.IssuePerSourcePerMinute = 1 << 30
-	})
+	benchClusterMatrix(b, startE2E(b, benchLimits))
+}
+
+// benchLimits lifts the issuance rate limits, which a benchmark calling from one address for
+// a few instances would hit.
+func benchLimits(_ int, cfg *controlplane.Config) {
+	cfg.Limits.IssuePerIdentityPerMinute = 1 << 30
+	cfg.Limits.IssuePerSourcePerMinute = 1 << 30
+}
+
+// benchClusterMatrix runs register and refresh through the leader and a follower at
+// concurrency 1, 16 and 64.
+func benchClusterMatrix(b *testing.B, c *e2eCluster) {
 	leader := c.Leader()
 	follower := c.Followers()[0]
 	var run atomic.Int64
@@ -48,15 +63,51 @@ func BenchmarkCluster(b *testing.B) {
 			for _, conc := range []int{1, 16, 64} {
 				b.Run(fmt.Sprintf("%s/via=%s/conc=%d", op, role, conc), func(b *testing.B) {
 					r := run.Add(1)
+					cpu := &serverCPU{c: c, leader: leader}
 					if op == "register" {
-						benchRegister(b, c, via, conc, r)
+						benchRegister(b, c, via, conc, r, cpu)
 					} else {
-						benchRefresh(b, c, via, conc, r)
+						benchRefresh(b, c, via, conc, r, cpu)
 					}
 				})
 			}
 		}
 	}
+}
+
+// serverCPU measures the CPU time the cluster's server processes spend during a scenario,
+// from the process_cpu_seconds_total each one exports.
+type serverCPU struct {
+	c                 *e2eCluster
+	leader            *clustertest.Node
+	leader0, servers0 float64
+}
+
+func (m *serverCPU) read(b *testing.B) (leader, servers float64) {
+	for _, n := range m.c.Nodes {
+		v, err := m.c.Metric(n, "process_cpu_seconds_total", nil)
+		if err != nil {
+			b.Fatal(err)
+		}
+		servers += v
+		if n == m.leader {
+			leader = v
+		}
+	}
+	return leader, servers
+}
+
+// start reads the counters before the calls.
+func (m *serverCPU) start(b *testing.B) { m.leader0, m.servers0 = m.read(b) }
+
+// report reads them after the calls and reports the CPU time per call.
+func (m *serverCPU) report(b *testing.B, calls int) {
+	if calls == 0 {
+		return
+	}
+	leader, servers := m.read(b)
+	b.ReportMetric((leader-m.leader0)*1e6/float64(calls), "leader-cpu-us/call")
+	b.ReportMetric((servers-m.servers0)*1e6/float64(calls), "servers-cpu-us/call")
 }
 
 // latencies collects call durations and reports throughput and percentiles.
@@ -85,11 +136,12 @@ func (l *latencies) report(b *testing.B, elapsed time.Duration) {
 }
 
 // parallel runs n calls on conc workers and reports them; call(i) makes call i.
-func parallel(b *testing.B, n, conc int, call func(i int) error) {
+func parallel(b *testing.B, n, conc int, cpu *serverCPU, call func(i int) error) {
 	var next atomic.Int64
 	var lat latencies
 	var wg sync.WaitGroup
 	var failed atomic.Pointer[error]
+	cpu.start(b)
 	b.ResetTimer()
 	start := time.Now()
 	for range conc {
@@ -115,21 +167,22 @@ func parallel(b *testing.B, n, conc int, call func(i int) error) {
 		b.Fatal(*err)
 	}
 	lat.report(b, elapsed)
+	cpu.report(b, len(lat.d))
 }
 
-func benchRegister(b *testing.B, c *e2eCluster, via *clustertest.Node, conc int, run int64) {
+func benchRegister(b *testing.B, c *e2eCluster, via *clustertest.Node, conc int, run int64, cpu *serverCPU) {
 	client := meshcav1.NewIdentityClient(c.Dial(via, nil))
 	reqs := make([]*meshcav1.RegisterRequest, b.N)
 	for i := range reqs {
 		reqs[i] = newInstance(b, c.TrustDomain(), fmt.Sprintf("r%d-%d.bench", run, i)).registerReq(b)
 	}
-	parallel(b, b.N, conc, func(i int) error {
+	parallel(b, b.N, conc, cpu, func(i int) error {
 		_, err := client.Register(context.Background(), reqs[i])
 		return err
 	})
 }
 
-func benchRefresh(b *testing.B, c *e2eCluster, via *clustertest.Node, conc int, run int64) {
+func benchRefresh(b *testing.B, c *e2eCluster, via *clustertest.Node, conc int, run int64, cpu *serverCPU) {
 	// One instance per worker, registered before the clock starts; each refreshes its own
 	// instance in turn, with a new key each time, prepared ahead too.
 	type worker struct {
@@ -160,6 +213,7 @@ func benchRefresh(b *testing.B, c *e2eCluster, via *clustertest.Node, conc int, 
 	var lat latencies
 	var wg sync.WaitGroup
 	var failed atomic.Pointer[error]
+	cpu.start(b)
 	b.ResetTimer()
 	start := time.Now()
 	for _, wk := range ws {
@@ -189,6 +243,7 @@ func benchRefresh(b *testing.B, c *e2eCluster, via *clustertest.Node, conc int, 
 		b.Fatal(*err)
 	}
 	lat.report(b, elapsed)
+	cpu.report(b, len(lat.d))
 }
 
 // benchCryptoFloor is the CPU work of one issuance with nothing around it: parse and verify
@@ -202,6 +257,7 @@ func benchCryptoFloor(b *testing.B) {
 	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	csrDER, _ := x509.CreateCertificateRequest(rand.Reader, &x509.CertificateRequest{Subject: pkix.Name{CommonName: "sports.api"}, DNSNames: []string{"api.sports.mesh"}}, key)
 	csrPEM := pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE REQUEST", Bytes: csrDER})
+	cpu0 := processCPU(b)
 	b.ResetTimer()
 	start := time.Now()
 	for i := 0; b.Loop(); i++ {
@@ -220,4 +276,14 @@ func benchCryptoFloor(b *testing.B) {
 		}
 	}
 	b.ReportMetric(float64(b.N)/time.Since(start).Seconds(), "calls/s")
+	b.ReportMetric(float64((processCPU(b)-cpu0).Microseconds())/float64(b.N), "cpu-us/call")
+}
+
+// processCPU is the user and system CPU time this process has used.
+func processCPU(b *testing.B) time.Duration {
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+		b.Fatal(err)
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }

@@ -121,6 +121,8 @@ type Options struct {
 	Tune func(i int, cfg *controlplane.Config)
 	// Env is added to every node's environment (e.g. a SoftHSM2 token's).
 	Env []string
+	// NodeEnv, when set, is added to node i's environment after Env (e.g. its own token).
+	NodeEnv func(i int) []string
 }
 
 // Cluster is a running set of meshca-server processes that bootstrapped together.
@@ -152,6 +154,8 @@ type Node struct {
 	ConfigPath string
 	// LogPath receives its standard output and error (appended across restarts).
 	LogPath string
+	// Env is added to its environment after the cluster's (Options.NodeEnv).
+	Env []string
 
 	mu   sync.Mutex
 	cmd  *exec.Cmd
@@ -220,6 +224,9 @@ func Start(t testing.TB, opts Options) *Cluster {
 		n.Config = cfg
 		n.ConfigPath = filepath.Join(ndir, "config.yaml")
 		n.LogPath = filepath.Join(ndir, "server.log")
+		if opts.NodeEnv != nil {
+			n.Env = opts.NodeEnv(i)
+		}
 		out, err := yaml.Marshal(cfg)
 		if err != nil {
 			t.Fatal(err)
@@ -283,7 +290,7 @@ func (c *Cluster) StartNode(n *Node) {
 		c.t.Fatal(err)
 	}
 	cmd := exec.Command(c.bin, "-config", n.ConfigPath, "-log-level", "debug")
-	cmd.Env = append(os.Environ(), c.env...)
+	cmd.Env = append(append(os.Environ(), c.env...), n.Env...)
 	cmd.Stdout, cmd.Stderr = logf, logf
 	if err := cmd.Start(); err != nil {
 		logf.Close()
