@@ -74,3 +74,31 @@ func TestReportRefusesEmptyInput(t *testing.T) {
 		t.Fatal("an input without results must be an error, or make bench could write an empty file")
 	}
 }
+
+func TestReportReadsClusterScenariosWithTheirCPUTime(t *testing.T) {
+	const in = `pkg: github.com/meshca/meshca/controlplane
+BenchmarkCluster/crypto_floor/P-256-2                        	    5000	    219000 ns/op	      4554 calls/s	       220.5 cpu-us/call
+BenchmarkClusterSoftHSM/register/via=leader/conc=64-2        	    2281	    457383 ns/op	      2186 calls/s	       626.9 leader-cpu-us/call	        28.52 p50-ms	        53.16 p99-ms	       727.8 servers-cpu-us/call
+`
+	f, err := parse(strings.NewReader(in))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(f.Results) != 2 {
+		t.Fatalf("results = %d, want 2", len(f.Results))
+	}
+	if fl := f.Results[0]; fl.OpsPerSec != 4554 || fl.Metrics["cpu-us/call"] != 220.5 {
+		t.Errorf("floor: ops/s %v, cpu %v; want 4554 and 220.5", fl.OpsPerSec, fl.Metrics["cpu-us/call"])
+	}
+	r := f.Results[1]
+	if r.Name != "controlplane/BenchmarkClusterSoftHSM/register/via=leader/conc=64" || r.Parameters["via"] != "leader" || r.Parameters["conc"] != "64" {
+		t.Errorf("name/params = %q %v", r.Name, r.Parameters)
+	}
+	// CPU time per call is neither the throughput nor a memory figure.
+	if r.OpsPerSec != 2186 || r.P50Ms != 28.52 || r.P99Ms != 53.16 || r.RSSUnit != "" {
+		t.Errorf("ops/p50/p99/rss = %v %v %v %q", r.OpsPerSec, r.P50Ms, r.P99Ms, r.RSSUnit)
+	}
+	if r.Metrics["leader-cpu-us/call"] != 626.9 || r.Metrics["servers-cpu-us/call"] != 727.8 {
+		t.Errorf("cpu metrics = %v", r.Metrics)
+	}
+}
