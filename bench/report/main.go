@@ -240,7 +240,41 @@ func printTable(w io.Writer, f *File, previous map[string]Result) {
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", r.Name, num(r.OpsPerSec), num(r.P50Ms), num(r.P99Ms), rss, ratio)
 	}
 	tw.Flush()
+	printTargets(w, f)
 	fmt.Fprintf(w, "\nmachine: %s/%s, %d cores, %s, %s\n", f.Machine.GOOS, f.Machine.GOARCH, f.Machine.NumCPU, f.Machine.CPU, f.Machine.GoVersion)
+}
+
+// Issue 8's target (b): Register at concurrency 64 through the cluster reaches at least half
+// the crypto floor's rate (one core verifying a CSR and signing, in-process).
+const (
+	floorName     = "controlplane/BenchmarkCluster/crypto_floor/P-256"
+	registerGoal  = 0.5
+	registerConc  = "64"
+	registerScene = "register"
+)
+
+// printTargets prints each cluster Register at c=64 as a share of the crypto floor.
+func printTargets(w io.Writer, f *File) {
+	var floor float64
+	for _, r := range f.Results {
+		if r.Name == floorName {
+			floor = r.OpsPerSec
+		}
+	}
+	if floor == 0 {
+		return
+	}
+	fmt.Fprintf(w, "\ntarget (b): Register at c=%s >= %.0f%% of the crypto floor (%s/s)\n", registerConc, registerGoal*100, num(floor))
+	for _, r := range f.Results {
+		if r.Parameters["conc"] != registerConc || !strings.Contains(r.Name, "/"+registerScene+"/") || r.OpsPerSec == 0 {
+			continue
+		}
+		verdict := "met"
+		if r.OpsPerSec < registerGoal*floor {
+			verdict = "MISSED"
+		}
+		fmt.Fprintf(w, "  %s: %s/s = %.0f%% %s\n", r.Name, num(r.OpsPerSec), 100*r.OpsPerSec/floor, verdict)
+	}
 }
 
 func num(v float64) string {

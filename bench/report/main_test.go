@@ -102,3 +102,31 @@ BenchmarkClusterSoftHSM/register/via=leader/conc=64-2        	    2281	    45738
 		t.Errorf("cpu metrics = %v", r.Metrics)
 	}
 }
+
+func TestReportPrintsRegisterAgainstTheCryptoFloor(t *testing.T) {
+	const in = `pkg: github.com/meshca/meshca/controlplane
+BenchmarkCluster/crypto_floor/P-256-2                 	    5000	    219000 ns/op	      4000 calls/s
+BenchmarkCluster/register/via=leader/conc=16-2        	    2000	    500000 ns/op	      1500 calls/s
+BenchmarkCluster/register/via=leader/conc=64-2        	    2000	    500000 ns/op	      2400 calls/s
+BenchmarkClusterSoftHSM/register/via=follower/conc=64-2	    2000	    500000 ns/op	      1800 calls/s
+BenchmarkCluster/refresh/via=leader/conc=64-2         	    2000	    500000 ns/op	       600 calls/s
+`
+	var table bytes.Buffer
+	if err := run(strings.NewReader(in), &table, filepath.Join(t.TempDir(), "r.json"), filepath.Join(t.TempDir(), "none.json")); err != nil {
+		t.Fatal(err)
+	}
+	out := table.String()
+	for _, want := range []string{
+		"controlplane/BenchmarkCluster/register/via=leader/conc=64: 2400/s = 60% met",
+		"controlplane/BenchmarkClusterSoftHSM/register/via=follower/conc=64: 1800/s = 45% MISSED",
+	} {
+		if !strings.Contains(out, want) {
+			t.Errorf("the table lacks %q:\n%s", want, out)
+		}
+	}
+	for _, notWanted := range []string{"conc=16:", "refresh/via=leader/conc=64:"} {
+		if strings.Contains(out, notWanted) {
+			t.Errorf("the targets list %q, which target (b) is not about:\n%s", notWanted, out)
+		}
+	}
+}
