@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"crypto/sha256"
+	"crypto/x509"
 	"encoding/hex"
 	"fmt"
 	"net/url"
@@ -40,7 +41,8 @@ var ErrFederationFetch = fmt.Errorf("federation: bundle fetch failed: %w", rafts
 
 // BundleFetcher fetches a peer's bundle from the endpoint rec names, authenticating the
 // endpoint with SPIFFE authentication against rec's current bundle when rec names an endpoint
-// SPIFFE ID, with web PKI otherwise.
+// SPIFFE ID, with web PKI otherwise: against rec's endpoint CA certificates only when it has
+// them, the system roots when not.
 type BundleFetcher func(ctx context.Context, rec *meshcav1.Federation) (*spiffebundle.Bundle, error)
 
 // FetchFederatedBundle is the BundleFetcher of go-spiffe's federation client.
@@ -61,16 +63,42 @@ func FetchFederatedBundle(ctx context.Context, rec *meshcav1.Federation) (*spiff
 		}
 		opts = append(opts, federation.WithSPIFFEAuth(current, id))
 	}
+	// With web PKI the endpoint is checked against the federation's own CA certificates when
+	// it has them (an endpoint under a private CA), against the system roots otherwise.
+	auth := "web PKI with the system roots; set endpoint_ca for an endpoint under a private CA"
+	if len(rec.GetEndpointCa()) > 0 && rec.GetEndpointSpiffeId() == "" {
+		pool, err := endpointCAPool(rec.GetEndpointCa())
+		if err != nil {
+			return nil, fmt.Errorf("endpoint_ca: %w", err)
+		}
+		opts = append(opts, federation.WithWebPKIRoots(pool))
+		auth = "web PKI with endpoint_ca only"
+	} else if rec.GetEndpointSpiffeId() != "" {
+		auth = "SPIFFE authentication as " + rec.GetEndpointSpiffeId()
+	}
 	ctx, cancel := context.WithTimeout(ctx, federationFetchTimeout)
 	defer cancel()
 	b, err := federation.FetchBundle(ctx, td, rec.GetEndpoint(), opts...)
 	if err != nil {
-		return nil, fmt.Errorf("endpoint %s: %w: %w", rec.GetEndpoint(), ErrFederationFetch, err)
+		return nil, fmt.Errorf("endpoint %s (%s): %w: %w", rec.GetEndpoint(), auth, ErrFederationFetch, err)
 	}
 	if len(b.X509Authorities()) == 0 {
 		return nil, fmt.Errorf("endpoint %s: %w: the bundle has no X.509 authorities", rec.GetEndpoint(), ErrFederationFetch)
 	}
 	return b, nil
+}
+
+// endpointCAPool reads a federation's endpoint CA: PEM certificates and nothing else.
+func endpointCAPool(data []byte) (*x509.CertPool, error) {
+	certs, err := ca.ParseCertificatesPEM(data)
+	if err != nil {
+		return nil, fmt.Errorf("want PEM certificates: %w", err)
+	}
+	pool := x509.NewCertPool()
+	for _, c := range certs {
+		pool.AddCert(c)
+	}
+	return pool, nil
 }
 
 // FederationService implements the meshca.v1.FederationAdmin gRPC service and the leader's refresh
@@ -164,6 +192,15 @@ func (f *FederationService) newRecord(req *meshcav1.AddFederationRequest) (*mesh
 			return nil, refuse(raftstore.ErrInvalidCommand, "bootstrap_bundle", "required with endpoint_spiffe_id: the endpoint's certificate is verified against the peer's bundle")
 		}
 	}
+	if len(req.GetEndpointCa()) > 0 {
+		if req.GetEndpointSpiffeId() != "" {
+			return nil, refuse(raftstore.ErrInvalidCommand, "endpoint_ca", "not allowed with endpoint_spiffe_id: SPIFFE authentication verifies the endpoint against the peer's bundle")
+		}
+		if _, err := endpointCAPool(req.GetEndpointCa()); err != nil {
+			return nil, refuse(raftstore.ErrInvalidCommand, "endpoint_ca", "%v", err)
+		}
+		rec.EndpointCa = req.GetEndpointCa()
+	}
 	if len(req.GetBootstrapBundle()) > 0 {
 		b, err := parsePeerBundle(td, req.GetBootstrapBundle())
 		if err != nil {
@@ -201,7 +238,7 @@ func (f *FederationService) put(ctx context.Context, c caller, rec *meshcav1.Fed
 	cmd := &meshcav1.Command{Command: &meshcav1.Command_PutFederation{PutFederation: &meshcav1.PutFederationCommand{
 		Federation: &meshcav1.Federation{
 			TrustDomain: rec.GetTrustDomain(), Bundle: raw, Endpoint: rec.GetEndpoint(),
-			EndpointSpiffeId: rec.GetEndpointSpiffeId(), Sequence: seq,
+			EndpointSpiffeId: rec.GetEndpointSpiffeId(), EndpointCa: rec.GetEndpointCa(), Sequence: seq,
 		},
 	}}}
 	res, err := f.admin.commit(ctx, c, "put_federation.federation.", cmd)
@@ -264,6 +301,7 @@ func federationInfo(rec *meshcav1.Federation) *meshcav1.FederationInfo {
 	out := &meshcav1.FederationInfo{
 		TrustDomain: rec.GetTrustDomain(), Endpoint: rec.GetEndpoint(), EndpointSpiffeId: rec.GetEndpointSpiffeId(),
 		Sequence: rec.GetSequence(), LastRefresh: time.Unix(0, rec.GetLastRefresh()).Unix(), Bundle: rec.GetBundle(),
+		EndpointCa: rec.GetEndpointCa(),
 	}
 	td, err := spiffeid.TrustDomainFromString(rec.GetTrustDomain())
 	if err != nil {
@@ -386,7 +424,7 @@ func (f *FederationService) refreshOne(ctx context.Context, rec *meshcav1.Federa
 		Id: raftstore.NewCommandID(), Time: f.admin.now().UnixNano(),
 		Command: &meshcav1.Command_PutFederation{PutFederation: &meshcav1.PutFederationCommand{Federation: &meshcav1.Federation{
 			TrustDomain: rec.GetTrustDomain(), Bundle: raw, Endpoint: rec.GetEndpoint(),
-			EndpointSpiffeId: rec.GetEndpointSpiffeId(), Sequence: seq,
+			EndpointSpiffeId: rec.GetEndpointSpiffeId(), EndpointCa: rec.GetEndpointCa(), Sequence: seq,
 		}}},
 	})
 	if err != nil {

@@ -225,6 +225,9 @@ func applyPutFederation(tx *txn, c *meshcav1.PutFederationCommand) outcome {
 	if n := len(f.GetBundle()); n == 0 || n > maxBundleBytes {
 		return refusal(codeInvalid, "%s.bundle: %d bytes, want 1 to %d", field, n, maxBundleBytes)
 	}
+	if n := len(f.GetEndpointCa()); n > maxBundleBytes {
+		return refusal(codeInvalid, "%s.endpoint_ca: %d bytes, at most %d", field, n, maxBundleBytes)
+	}
 	if len(f.GetEndpoint()) > maxEndpointLen || len(f.GetEndpointSpiffeId()) > maxEndpointLen {
 		return refusal(codeInvalid, "%s.endpoint: longer than %d characters", field, maxEndpointLen)
 	}
@@ -235,10 +238,12 @@ func applyPutFederation(tx *txn, c *meshcav1.PutFederationCommand) outcome {
 	rec := &meshcav1.Federation{
 		TrustDomain: f.GetTrustDomain(), Bundle: f.GetBundle(), Endpoint: f.GetEndpoint(),
 		EndpointSpiffeId: f.GetEndpointSpiffeId(), LastRefresh: tx.now, Sequence: f.GetSequence(),
+		EndpointCa: f.GetEndpointCa(),
 	}
 	tx.federations.Set(rec.GetTrustDomain(), rec)
 	changed := !exists || !bytes.Equal(old.GetBundle(), rec.GetBundle()) || old.GetSequence() != rec.GetSequence() ||
-		old.GetEndpoint() != rec.GetEndpoint() || old.GetEndpointSpiffeId() != rec.GetEndpointSpiffeId()
+		old.GetEndpoint() != rec.GetEndpoint() || old.GetEndpointSpiffeId() != rec.GetEndpointSpiffeId() ||
+		!bytes.Equal(old.GetEndpointCa(), rec.GetEndpointCa())
 	if changed {
 		tx.event(meshcav1.EventKind_EVENT_KIND_FEDERATION_UPDATED, rec.GetTrustDomain(), "", "federated bundle updated")
 	}

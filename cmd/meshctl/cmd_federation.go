@@ -8,6 +8,7 @@ import (
 	"strings"
 
 	meshcav1 "github.com/meshca/meshca/api/meshca/v1"
+	"github.com/meshca/meshca/ca"
 )
 
 // federation returns the Federation API client on the admin connection, dialing it on first
@@ -22,8 +23,11 @@ func (inv *invocation) federation() (meshcav1.FederationAdminClient, error) {
 // federationRow is one federation in a table.
 func federationRow(t *table, f *meshcav1.FederationInfo) {
 	auth := "web PKI"
-	if f.GetEndpointSpiffeId() != "" {
+	switch {
+	case f.GetEndpointSpiffeId() != "":
 		auth = f.GetEndpointSpiffeId()
+	case len(f.GetEndpointCa()) > 0:
+		auth = "web PKI (endpoint CA)"
 	}
 	roots := make([]string, 0, len(f.GetRootSha256()))
 	for _, r := range f.GetRootSha256() {
@@ -60,6 +64,7 @@ func federationCommands() []*command {
 				endpoint := fs.String("endpoint", "", "the peer's SPIFFE bundle endpoint URL, https:// (required)")
 				endpointID := fs.String("endpoint-spiffe-id", "", "SPIFFE authentication: the SPIFFE ID the endpoint's certificate must carry (needs --bundle); web PKI when empty")
 				bundleFile := fs.String("bundle", "", "the peer's bundle to start from: a SPIFFE bundle (JWKS) or PEM roots")
+				endpointCA := fs.String("endpoint-ca", "", "web PKI: PEM CA certificates that alone authenticate the endpoint (an endpoint under a private CA) instead of the server's system roots")
 				return func(ctx context.Context, inv *invocation, args []string) error {
 					if *endpoint == "" {
 						return usageError("--endpoint is required")
@@ -67,7 +72,20 @@ func federationCommands() []*command {
 					if *endpointID != "" && *bundleFile == "" {
 						return usageError("--endpoint-spiffe-id needs --bundle: the endpoint's certificate is verified against the peer's bundle")
 					}
+					if *endpointID != "" && *endpointCA != "" {
+						return usageError("--endpoint-ca is for web PKI and cannot go with --endpoint-spiffe-id, which verifies the endpoint against the peer's bundle")
+					}
 					req := &meshcav1.AddFederationRequest{TrustDomain: args[0], Endpoint: *endpoint, EndpointSpiffeId: *endpointID}
+					if *endpointCA != "" {
+						b, err := os.ReadFile(*endpointCA)
+						if err != nil {
+							return fmt.Errorf("--endpoint-ca: %w", err)
+						}
+						if _, err := ca.ParseCertificatesPEM(b); err != nil {
+							return usageError("--endpoint-ca %s: want PEM certificates: %v", *endpointCA, err)
+						}
+						req.EndpointCa = b
+					}
 					if *bundleFile != "" {
 						b, err := os.ReadFile(*bundleFile)
 						if err != nil {

@@ -426,6 +426,10 @@ func allHas(t *testing.T, s *tlsv3.Secret, td spiffeid.TrustDomain) bool {
 
 func TestFederationCommandLine(t *testing.T) {
 	conn := []string{"--addr", "127.0.0.1:1", "--cert", "c", "--key", "k", "--ca-bundle", "b"}
+	notPEM := filepath.Join(t.TempDir(), "ca.pem")
+	if err := os.WriteFile(notPEM, []byte("-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
 	tests := []struct {
 		name string
 		args []string
@@ -436,6 +440,9 @@ func TestFederationCommandLine(t *testing.T) {
 		{"SPIFFE authentication needs the peer's bundle", []string{"federation", "add", "b.test", "--endpoint", "https://b.example/bundle", "--endpoint-spiffe-id", "spiffe://b.test/bundle"}, exitUsage, "--endpoint-spiffe-id needs --bundle"},
 		{"add names one trust domain", []string{"federation", "add", "--endpoint", "https://b.example/bundle"}, exitUsage, "expected TRUST-DOMAIN"},
 		{"remove names one trust domain", []string{"federation", "remove"}, exitUsage, "expected TRUST-DOMAIN"},
+		{"the endpoint CA is for web PKI only", []string{"federation", "add", "b.test", "--endpoint", "https://b.example/bundle", "--endpoint-spiffe-id", "spiffe://b.test/bundle", "--bundle", "b.pem", "--endpoint-ca", "ca.pem"}, exitUsage, "--endpoint-ca is for web PKI"},
+		{"an unreadable endpoint CA", []string{"federation", "add", "b.test", "--endpoint", "https://b.example/bundle", "--endpoint-ca", "/nonexistent.pem"}, exitError, "--endpoint-ca"},
+		{"an endpoint CA that is not PEM certificates", []string{"federation", "add", "b.test", "--endpoint", "https://b.example/bundle", "--endpoint-ca", notPEM}, exitUsage, "--endpoint-ca " + notPEM + ": want PEM certificates"},
 		{"an unreadable bootstrap bundle", []string{"federation", "add", "b.test", "--endpoint", "https://b.example/bundle", "--endpoint-spiffe-id", "spiffe://b.test/bundle", "--bundle", "/nonexistent.pem"}, exitError, "--bundle"},
 	}
 	for _, tt := range tests {

@@ -63,6 +63,8 @@ type Agent struct {
 	workload   *sds.WorkloadAPI
 	callers    *sds.CallerTable
 
+	// issuer is the cluster's last issuer notice, from the bundle stream.
+	issuer *issuerWatch
 	// streamed is set once the bundle stream delivered: from then on it alone sets bundles.
 	streamed atomic.Bool
 	bundleMu sync.Mutex // serializes read-compare-set of bundles
@@ -103,11 +105,13 @@ func New(cfg *Config, opts Options) (*Agent, error) {
 	a.td = spiffeid.RequireTrustDomainFromString(cfg.TrustDomain)
 	a.keyType, _ = signer.ParseKeyType(cfg.KeyType)
 	a.sched = schedule{
-		fraction: cfg.Refresh.Fraction,
-		jitter:   *cfg.Refresh.Jitter,
-		backoff:  backoff{initial: cfg.Refresh.BackoffInitial.D(), max: cfg.Refresh.BackoffMax.D()},
+		fraction:      cfg.Refresh.Fraction,
+		jitter:        *cfg.Refresh.Jitter,
+		reissueJitter: cfg.Refresh.ReissueJitter.D(),
+		backoff:       backoff{initial: cfg.Refresh.BackoffInitial.D(), max: cfg.Refresh.BackoffMax.D()},
 	}
 	a.store = sds.NewStore()
+	a.issuer = newIssuerWatch()
 
 	raw, err := os.ReadFile(cfg.TrustBundle)
 	if err != nil {

@@ -26,10 +26,11 @@ import (
 	"github.com/meshca/meshca/sds"
 )
 
-// bundleNames are what the agent subscribes to on a CA node: its own trust bundle, and the SPIFFE
+// bundleNames are what the agent subscribes to on a CA node: its own trust bundle, the SPIFFE
 // validator config that carries every trusted and federated bundle by trust domain name (so the
-// agent learns of a new federated trust domain without knowing its name in advance).
-var bundleNames = []string{sds.NameRootCA, sds.NameAll}
+// agent learns of a new federated trust domain without knowing its name in advance), and the
+// cluster's issuer notice (whether certificates of a former issuer are to be replaced now).
+var bundleNames = []string{sds.NameRootCA, sds.NameAll, sds.NameIssuerNotice}
 
 // agentNodeID is the node id the agent sends; a CA node identifies the agent by its client
 // certificate, not by this.
@@ -195,6 +196,22 @@ func (b *bundleStream) apply(resp *discovery.DiscoveryResponse) error {
 	if err != nil {
 		return err
 	}
+	notice, err := decodeIssuerNotice(resp)
+	if err != nil {
+		return err
+	}
+	if notice != nil {
+		trust := own
+		if trust == nil {
+			if trust, err = b.a.bundleSource().GetX509BundleForTrustDomain(b.a.td); err != nil {
+				return fmt.Errorf("%s: %w", sds.NameIssuerNotice, err)
+			}
+		}
+		// An issuer outside the bundle would make every certificate look like one to replace.
+		if err := chainsTo(notice.issuer, trust.X509Authorities(), b.a.clock.Now()); err != nil {
+			return fmt.Errorf("%s: issuer_certificate: %w", sds.NameIssuerNotice, err)
+		}
+	}
 	b.a.streamed.Store(true)
 	changed := false
 	if own != nil {
@@ -224,6 +241,12 @@ func (b *bundleStream) apply(resp *discovery.DiscoveryResponse) error {
 	if changed {
 		b.a.metrics.bundleUpdates.Inc()
 		b.log.Info("agent: trust bundles updated from the cluster", "version_info", resp.GetVersionInfo())
+	}
+	if notice != nil {
+		notice.heard = b.a.clock.Now()
+		if b.a.issuer.set(notice) {
+			b.log.Info("agent: the cluster's issuer notice changed", "issuer", notice.id, "reissue_requested", notice.requested != 0)
+		}
 	}
 	return nil
 }
@@ -276,6 +299,8 @@ func decodeBundles(own spiffeid.TrustDomain, resp *discovery.DiscoveryResponse) 
 				}
 				federated[td] = b
 			}
+		case sds.NameIssuerNotice:
+			// Read by decodeIssuerNotice.
 		default:
 			return nil, nil, fmt.Errorf("resources[%d]: secret %q was not asked for", i, s.GetName())
 		}

@@ -36,6 +36,10 @@ const (
 	DefaultBackoffMax      = 30 * time.Second
 	DefaultRPCTimeout      = 10 * time.Second
 	DefaultCommandTimeout  = 10 * time.Second
+	// DefaultReissueJitter spreads the replacements a CA rotation with reissue asks for.
+	DefaultReissueJitter = 5 * time.Second
+	// MaxReissueJitter bounds refresh.reissue_jitter: a reissue is asked for at once.
+	MaxReissueJitter = 5 * time.Minute
 	// DefaultServerIDPrefix is the SPIFFE ID path every CA node's certificate starts with
 	// (spiffe://<trust-domain>/meshca/server/<node-id>); the agent talks to nothing else.
 	DefaultServerIDPrefix = "/meshca/server/"
@@ -94,6 +98,10 @@ type RefreshConfig struct {
 	BackoffMax     Duration `yaml:"backoff_max"`
 	// RPCTimeout bounds one call to a CA node (DefaultRPCTimeout).
 	RPCTimeout Duration `yaml:"rpc_timeout"`
+	// ReissueJitter: when a CA rotation asks for every certificate of a former issuer to be
+	// replaced now, each is replaced after a random wait of up to ReissueJitter, so the hosts
+	// of a large mesh do not all ask at once (DefaultReissueJitter; "0s" for none).
+	ReissueJitter Duration `yaml:"reissue_jitter"`
 }
 
 // IdentityConfig is one workload identity <domain>.<service> of one instance.
@@ -239,6 +247,10 @@ func (c *Config) SetDefaults() {
 	}
 	if c.Refresh.RPCTimeout.d == 0 && !c.Refresh.RPCTimeout.bad {
 		c.Refresh.RPCTimeout = NewDuration(DefaultRPCTimeout)
+	}
+	// Only a value left out gets the default: "0s" in the file means no jitter.
+	if j := c.Refresh.ReissueJitter; j.d == 0 && j.raw == "" && !j.bad {
+		c.Refresh.ReissueJitter = NewDuration(DefaultReissueJitter)
 	}
 	for i := range c.Identities {
 		id := &c.Identities[i]
@@ -394,6 +406,12 @@ func (r *RefreshConfig) validate(bad func(string, string, ...any) error) error {
 		if d.v.d <= 0 {
 			return bad(d.field, "must be positive")
 		}
+	}
+	if err := r.ReissueJitter.check("refresh.reissue_jitter"); err != nil {
+		return err
+	}
+	if j := r.ReissueJitter.d; j < 0 || j > MaxReissueJitter {
+		return bad("refresh.reissue_jitter", "%s must be between 0s and %s", j, MaxReissueJitter)
 	}
 	if r.BackoffMax.d < r.BackoffInitial.d {
 		return bad("refresh.backoff_max", "%s is shorter than backoff_initial %s", r.BackoffMax.d, r.BackoffInitial.d)

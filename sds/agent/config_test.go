@@ -128,6 +128,8 @@ func TestConfigErrorsNameTheFieldAndTheRule(t *testing.T) {
 		{"refresh.jitter keeps the refresh inside the lifetime", "  jitter: 0.05", "  jitter: 0.5", []string{"refresh.jitter", "between 0 and 1"}},
 		{"refresh.backoff_max is not below backoff_initial", "  backoff_max: 1m", "  backoff_max: 1s", []string{"refresh.backoff_max", "shorter than backoff_initial"}},
 		{"refresh.backoff_initial is a duration", "  backoff_initial: 2s", "  backoff_initial: soon", []string{"refresh.backoff_initial", "duration"}},
+		{"refresh.reissue_jitter is a few seconds, at most 5m", "  backoff_max: 1m", "  backoff_max: 1m\n  reissue_jitter: 1h", []string{"refresh.reissue_jitter", "between 0s and 5m0s"}},
+		{"refresh.reissue_jitter is a duration", "  backoff_max: 1m", "  backoff_max: 1m\n  reissue_jitter: soon", []string{"refresh.reissue_jitter", "duration"}},
 		{"an identity needs an instance id", "  instance_id: pod-1.ns.cluster-a\n", "", []string{"identities[0].instance_id", "required"}},
 		{"an identity's service is one DNS label", "  service: api\n", "  service: api.v2\n", []string{"identities[0].service", "single DNS label"}},
 		{"an identity's domain is DNS labels", "- domain: sports\n  service: api", "- domain: sp_orts\n  service: api", []string{"identities[0].domain", "DNS labels"}},

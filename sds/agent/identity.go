@@ -44,6 +44,14 @@ type identityLoop struct {
 	st  identityState
 	cur *current
 	r   float64 // jitter draw for cur, in [-1, 1]
+	rr  float64 // reissue jitter draw for cur, in [0, 1)
+	// reissue counts the replacements made for one reissue request (notice) and when the last
+	// was made, so a replacement that still brought a former issuer's certificate backs off.
+	reissue struct {
+		notice *issuerNotice
+		tries  int
+		last   time.Time
+	}
 }
 
 func newIdentityLoop(a *Agent, cfg IdentityConfig) (*identityLoop, error) {
@@ -83,6 +91,21 @@ func newIdentityLoop(a *Agent, cfg IdentityConfig) (*identityLoop, error) {
 func (l *identityLoop) setCurrent(c *current) {
 	l.cur = c
 	l.r = 2*mathrand.Float64() - 1
+	l.rr = mathrand.Float64()
+}
+
+// reissueAt is when the held certificate is replaced because the cluster asked for every
+// certificate its active issuer did not sign to be replaced now; ok is false when it did not
+// ask this of the held certificate.
+func (l *identityLoop) reissueAt(n *issuerNotice) (at time.Time, ok bool) {
+	if l.cur == nil || !n.asks(l.cur.svid.Certificates[0]) {
+		return time.Time{}, false
+	}
+	tries, last := 0, time.Time{}
+	if l.reissue.notice == n {
+		tries, last = l.reissue.tries, l.reissue.last
+	}
+	return l.a.sched.reissueAt(n.heard, l.rr, tries, last), true
 }
 
 // run keeps the identity's certificate until ctx ends.
@@ -100,14 +123,39 @@ func (l *identityLoop) run(ctx context.Context) error {
 	failures := 0
 	var retryAt time.Time
 	for {
+		notice, noticeChanged := l.a.issuer.current()
 		_, at := l.a.sched.plan(clock.Now(), l.cur.holding(), l.r, retryAt)
-		if !sleep(ctx, clock, at.Sub(clock.Now())) {
+		// A reissue request brings the refresh forward; after a failure, the backoff rules.
+		reissue := false
+		if rat, ok := l.reissueAt(notice); ok && retryAt.IsZero() && rat.Before(at) {
+			at, reissue = rat, true
+		}
+		if notice != nil {
+			l.log.Debug("agent: next attempt planned", "issuer", notice.id, "reissue", reissue, "in", at.Sub(clock.Now()).Round(time.Millisecond))
+		}
+		passed, woke := sleepOrWake(ctx, clock, at.Sub(clock.Now()), noticeChanged)
+		if woke {
+			continue // plan again with the new notice
+		}
+		if !passed && ctx.Err() != nil {
 			return nil
 		}
 		// Decide at the time of the attempt: the certificate may have expired meanwhile (a
 		// suspended host, a long backoff).
 		act := actionAt(clock.Now(), l.cur.holding())
+		if reissue {
+			l.log.Info("agent: replacing the certificate now: the cluster asked for every certificate its active issuer did not sign to be replaced",
+				"serial", l.cur.serial, "issuer", notice.id)
+			if l.reissue.notice != notice {
+				l.reissue.notice, l.reissue.tries = notice, 0
+			}
+			l.reissue.tries++
+			l.reissue.last = clock.Now()
+		}
 		err := l.attempt(ctx, act)
+		if err == nil && reissue {
+			l.a.metrics.reissues.WithLabelValues(l.cfg.Name).Inc()
+		}
 		if ctx.Err() != nil {
 			return nil
 		}

@@ -14,6 +14,7 @@ import (
 // metrics are the agent's meshca_agent_* metrics.
 type metrics struct {
 	rotations            *prometheus.CounterVec
+	reissues             *prometheus.CounterVec
 	failures             *prometheus.CounterVec
 	bundleUpdates        prometheus.Counter
 	bundleStreamFailures prometheus.Counter
@@ -26,6 +27,10 @@ func newMetrics(a *Agent) (*metrics, error) {
 			Name: "meshca_agent_rotations_total",
 			Help: "Certificates the agent installed, by identity and flow (register, refresh).",
 		}, []string{"identity", "flow"}),
+		reissues: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "meshca_agent_reissues_total",
+			Help: "Certificates replaced ahead of their schedule because a CA rotation asked for every certificate of a former issuer to be replaced now, by identity.",
+		}, []string{"identity"}),
 		failures: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "meshca_agent_rotation_failures_total",
 			Help: "Failed registrations and refreshes, by identity, flow and reason (gRPC code or attestation).",
@@ -43,7 +48,7 @@ func newMetrics(a *Agent) (*metrics, error) {
 			Help: "Bundle responses from CA nodes the agent rejected.",
 		}),
 	}
-	for _, c := range []prometheus.Collector{m.rotations, m.failures, m.bundleUpdates, m.bundleStreamFailures, m.bundleNACKs, expiryCollector{a}} {
+	for _, c := range []prometheus.Collector{m.rotations, m.reissues, m.failures, m.bundleUpdates, m.bundleStreamFailures, m.bundleNACKs, expiryCollector{a}} {
 		if err := a.registry.Register(c); err != nil {
 			return nil, fmt.Errorf("agent metrics: %w", err)
 		}

@@ -34,16 +34,25 @@ func (t realTimer) Stop() bool          { return t.t.Stop() }
 
 // sleep waits for d on clock, or until ctx ends; it reports whether d passed.
 func sleep(ctx context.Context, clock Clock, d time.Duration) bool {
+	passed, _ := sleepOrWake(ctx, clock, d, nil)
+	return passed
+}
+
+// sleepOrWake waits for d on clock, until wake is closed (nil: never), or until ctx ends. It
+// reports whether d passed and whether wake came first; both are false when ctx ended.
+func sleepOrWake(ctx context.Context, clock Clock, d time.Duration, wake <-chan struct{}) (passed, woke bool) {
 	if d <= 0 {
-		return ctx.Err() == nil
+		return ctx.Err() == nil, false
 	}
 	t := clock.NewTimer(d)
 	defer t.Stop()
 	select {
 	case <-t.C():
-		return true
+		return true, false
+	case <-wake:
+		return false, ctx.Err() == nil
 	case <-ctx.Done():
-		return false
+		return false, false
 	}
 }
 
@@ -77,9 +86,25 @@ type holding struct {
 
 // schedule is the refresh policy of RefreshConfig, with the jitter drawn by the caller.
 type schedule struct {
-	fraction float64
-	jitter   float64
-	backoff  backoff
+	fraction      float64
+	jitter        float64
+	reissueJitter time.Duration
+	backoff       backoff
+}
+
+// reissueAt is when a certificate the cluster asked to replace now is replaced: r (in [0, 1),
+// drawn at random by the caller) of the reissue jitter after the agent heard of the request, so
+// the hosts of a large mesh do not all ask in the same instant. After tries replacements for the
+// same request that still brought a certificate of another issuer (from a CA node that had not
+// applied the activate yet), the next waits the backoff after the last one, at last.
+func (s schedule) reissueAt(heard time.Time, r float64, tries int, last time.Time) time.Time {
+	at := heard.Add(time.Duration(r * float64(s.reissueJitter)))
+	if tries > 0 {
+		if b := last.Add(s.backoff.after(tries)); b.After(at) {
+			at = b
+		}
+	}
+	return at
 }
 
 // refreshAt is when a certificate held since received and valid until notAfter is refreshed:

@@ -30,13 +30,17 @@ type AddFederationRequest struct {
 	Endpoint string `protobuf:"bytes,2,opt,name=endpoint,proto3" json:"endpoint,omitempty"`
 	// With SPIFFE authentication, the SPIFFE ID the endpoint's certificate must carry; the
 	// certificate is verified against the peer's bundle (bootstrap_bundle at first). Empty: web
-	// PKI (the endpoint's certificate chains to the node's system roots).
+	// PKI (the endpoint's certificate chains to the node's system roots, or to endpoint_ca).
 	EndpointSpiffeId string `protobuf:"bytes,3,opt,name=endpoint_spiffe_id,json=endpointSpiffeId,proto3" json:"endpoint_spiffe_id,omitempty"`
 	// The peer's bundle to start from, as a SPIFFE bundle (JWKS JSON) or PEM roots. Required
 	// with endpoint_spiffe_id.
 	BootstrapBundle []byte `protobuf:"bytes,4,opt,name=bootstrap_bundle,json=bootstrapBundle,proto3" json:"bootstrap_bundle,omitempty"`
-	unknownFields   protoimpl.UnknownFields
-	sizeCache       protoimpl.SizeCache
+	// With web PKI, PEM CA certificates that alone authenticate the endpoint's certificate,
+	// instead of the node's system roots (an endpoint under a private CA). Not allowed with
+	// endpoint_spiffe_id.
+	EndpointCa    []byte `protobuf:"bytes,5,opt,name=endpoint_ca,json=endpointCa,proto3" json:"endpoint_ca,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *AddFederationRequest) Reset() {
@@ -93,6 +97,13 @@ func (x *AddFederationRequest) GetEndpointSpiffeId() string {
 func (x *AddFederationRequest) GetBootstrapBundle() []byte {
 	if x != nil {
 		return x.BootstrapBundle
+	}
+	return nil
+}
+
+func (x *AddFederationRequest) GetEndpointCa() []byte {
+	if x != nil {
+		return x.EndpointCa
 	}
 	return nil
 }
@@ -320,7 +331,10 @@ type FederationInfo struct {
 	// SHA-256 (hex) of each X.509 root of the bundle, in the bundle's order.
 	RootSha256 []string `protobuf:"bytes,7,rep,name=root_sha256,json=rootSha256,proto3" json:"root_sha256,omitempty"`
 	// The bundle as stored (JWKS JSON).
-	Bundle        []byte `protobuf:"bytes,8,opt,name=bundle,proto3" json:"bundle,omitempty"`
+	Bundle []byte `protobuf:"bytes,8,opt,name=bundle,proto3" json:"bundle,omitempty"`
+	// The PEM CA certificates the endpoint is authenticated with (web PKI); empty: the system
+	// roots.
+	EndpointCa    []byte `protobuf:"bytes,9,opt,name=endpoint_ca,json=endpointCa,proto3" json:"endpoint_ca,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -411,16 +425,25 @@ func (x *FederationInfo) GetBundle() []byte {
 	return nil
 }
 
+func (x *FederationInfo) GetEndpointCa() []byte {
+	if x != nil {
+		return x.EndpointCa
+	}
+	return nil
+}
+
 var File_meshca_v1_federation_proto protoreflect.FileDescriptor
 
 const file_meshca_v1_federation_proto_rawDesc = "" +
 	"\n" +
-	"\x1ameshca/v1/federation.proto\x12\tmeshca.v1\"\xae\x01\n" +
+	"\x1ameshca/v1/federation.proto\x12\tmeshca.v1\"\xcf\x01\n" +
 	"\x14AddFederationRequest\x12!\n" +
 	"\ftrust_domain\x18\x01 \x01(\tR\vtrustDomain\x12\x1a\n" +
 	"\bendpoint\x18\x02 \x01(\tR\bendpoint\x12,\n" +
 	"\x12endpoint_spiffe_id\x18\x03 \x01(\tR\x10endpointSpiffeId\x12)\n" +
-	"\x10bootstrap_bundle\x18\x04 \x01(\fR\x0fbootstrapBundle\"\x18\n" +
+	"\x10bootstrap_bundle\x18\x04 \x01(\fR\x0fbootstrapBundle\x12\x1f\n" +
+	"\vendpoint_ca\x18\x05 \x01(\fR\n" +
+	"endpointCa\"\x18\n" +
 	"\x16ListFederationsRequest\"V\n" +
 	"\x17ListFederationsResponse\x12;\n" +
 	"\vfederations\x18\x01 \x03(\v2\x19.meshca.v1.FederationInfoR\vfederations\"=\n" +
@@ -428,7 +451,7 @@ const file_meshca_v1_federation_proto_rawDesc = "" +
 	"\ftrust_domain\x18\x01 \x01(\tR\vtrustDomain\"<\n" +
 	"\x17RemoveFederationRequest\x12!\n" +
 	"\ftrust_domain\x18\x01 \x01(\tR\vtrustDomain\"\x1a\n" +
-	"\x18RemoveFederationResponse\"\xa7\x02\n" +
+	"\x18RemoveFederationResponse\"\xc8\x02\n" +
 	"\x0eFederationInfo\x12!\n" +
 	"\ftrust_domain\x18\x01 \x01(\tR\vtrustDomain\x12\x1a\n" +
 	"\bendpoint\x18\x02 \x01(\tR\bendpoint\x12,\n" +
@@ -438,7 +461,9 @@ const file_meshca_v1_federation_proto_rawDesc = "" +
 	"\flast_refresh\x18\x06 \x01(\x03R\vlastRefresh\x12\x1f\n" +
 	"\vroot_sha256\x18\a \x03(\tR\n" +
 	"rootSha256\x12\x16\n" +
-	"\x06bundle\x18\b \x01(\fR\x06bundle2\xea\x02\n" +
+	"\x06bundle\x18\b \x01(\fR\x06bundle\x12\x1f\n" +
+	"\vendpoint_ca\x18\t \x01(\fR\n" +
+	"endpointCa2\xea\x02\n" +
 	"\x0fFederationAdmin\x12K\n" +
 	"\rAddFederation\x12\x1f.meshca.v1.AddFederationRequest\x1a\x19.meshca.v1.FederationInfo\x12X\n" +
 	"\x0fListFederations\x12!.meshca.v1.ListFederationsRequest\x1a\".meshca.v1.ListFederationsResponse\x12S\n" +

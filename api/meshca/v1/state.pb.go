@@ -1575,7 +1575,9 @@ type Federation struct {
 	EndpointSpiffeId string `protobuf:"bytes,4,opt,name=endpoint_spiffe_id,json=endpointSpiffeId,proto3" json:"endpoint_spiffe_id,omitempty"`
 	LastRefresh      int64  `protobuf:"varint,5,opt,name=last_refresh,json=lastRefresh,proto3" json:"last_refresh,omitempty"`
 	// The bundle's sequence number; it never goes back.
-	Sequence      uint64 `protobuf:"varint,6,opt,name=sequence,proto3" json:"sequence,omitempty"`
+	Sequence uint64 `protobuf:"varint,6,opt,name=sequence,proto3" json:"sequence,omitempty"`
+	// PEM CA certificates that alone authenticate a web-PKI endpoint; empty: the system roots.
+	EndpointCa    []byte `protobuf:"bytes,7,opt,name=endpoint_ca,json=endpointCa,proto3" json:"endpoint_ca,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1650,6 +1652,13 @@ func (x *Federation) GetSequence() uint64 {
 		return x.Sequence
 	}
 	return 0
+}
+
+func (x *Federation) GetEndpointCa() []byte {
+	if x != nil {
+		return x.EndpointCa
+	}
+	return nil
 }
 
 // Token is a one-time instance-register token bound to (domain, service, instance id).
@@ -5488,7 +5497,7 @@ const file_meshca_v1_state_proto_rawDesc = "" +
 	"\x11reissue_requested\x18\a \x01(\x03R\x10reissueRequested\"N\n" +
 	"\tIssuerUse\x12\x1b\n" +
 	"\tissuer_id\x18\x01 \x01(\tR\bissuerId\x12$\n" +
-	"\x0elast_not_after\x18\x02 \x01(\x03R\flastNotAfter\"\xd0\x01\n" +
+	"\x0elast_not_after\x18\x02 \x01(\x03R\flastNotAfter\"\xf1\x01\n" +
 	"\n" +
 	"Federation\x12!\n" +
 	"\ftrust_domain\x18\x01 \x01(\tR\vtrustDomain\x12\x16\n" +
@@ -5496,7 +5505,9 @@ const file_meshca_v1_state_proto_rawDesc = "" +
 	"\bendpoint\x18\x03 \x01(\tR\bendpoint\x12,\n" +
 	"\x12endpoint_spiffe_id\x18\x04 \x01(\tR\x10endpointSpiffeId\x12!\n" +
 	"\flast_refresh\x18\x05 \x01(\x03R\vlastRefresh\x12\x1a\n" +
-	"\bsequence\x18\x06 \x01(\x04R\bsequence\"\xec\x01\n" +
+	"\bsequence\x18\x06 \x01(\x04R\bsequence\x12\x1f\n" +
+	"\vendpoint_ca\x18\a \x01(\fR\n" +
+	"endpointCa\"\xec\x01\n" +
 	"\x05Token\x12\x10\n" +
 	"\x03jti\x18\x01 \x01(\tR\x03jti\x12\x16\n" +
 	"\x06domain\x18\x02 \x01(\tR\x06domain\x12\x18\n" +
