@@ -28,6 +28,7 @@ func rotateCommands() []*command {
 				fs.Var(&nodes, "node", "with --auto: the gRPC address of a node that must serve the new bundle before activate (repeatable; default the --addr node)")
 				poll := fs.Duration("poll", 2*time.Second, "with --auto: how often to look again while waiting")
 				issuer := fs.String("issuer", "", "activate: the prepared issuer's id (default the prepared one)")
+				reissue := fs.Bool("reissue", false, "activate, --auto: agents replace every certificate the new issuer did not sign now (within a few seconds' jitter), not on their schedule")
 				root := fs.String("root", "", "retire: the hex SHA-256 of the root to drop (default the oldest retirable one)")
 				bundleOut := fs.String("bundle-out", "", "write the trust bundle the step leaves (PEM, newest root first) to this file, for --ca-bundle and agents' trust_bundle")
 				return func(ctx context.Context, inv *invocation, args []string) error {
@@ -38,13 +39,15 @@ func rotateCommands() []*command {
 						return usageError("name a step (prepare, activate, retire, status) or give --auto")
 					case *poll <= 0:
 						return usageError("--poll: %s, want a positive duration", *poll)
+					case *reissue && !*auto && args[0] != "activate":
+						return usageError("--reissue: only with activate or --auto, not %s", args[0])
 					}
 					if _, err := inv.admin(); err != nil {
 						return err
 					}
 					r := rotator{inv: inv, c: meshcav1.NewCARotationClient(inv.dialed.conn)}
 					if *auto {
-						st, err := r.auto(ctx, nodes, *poll)
+						st, err := r.auto(ctx, nodes, *poll, *reissue)
 						if err != nil {
 							return err
 						}
@@ -62,7 +65,7 @@ func rotateCommands() []*command {
 						})
 					case "activate":
 						st, err = call(ctx, inv, func(ctx context.Context) (*meshcav1.RotationStatus, error) {
-							return r.c.Activate(ctx, &meshcav1.ActivateRotationRequest{IssuerId: *issuer})
+							return r.c.Activate(ctx, &meshcav1.ActivateRotationRequest{IssuerId: *issuer, Reissue: *reissue})
 						})
 					case "retire":
 						st, err = call(ctx, inv, func(ctx context.Context) (*meshcav1.RotationStatus, error) {
@@ -110,9 +113,9 @@ func (r rotator) say(format string, args ...any) {
 }
 
 // auto runs a whole rotation: prepare (unless one is prepared), wait until every node serves
-// the new root, activate, wait until the old issuer's last certificate expired, retire. Each
-// wait polls until ctx ends.
-func (r rotator) auto(ctx context.Context, nodes []string, poll time.Duration) (*meshcav1.RotationStatus, error) {
+// the new root, activate (with reissue, agents replace the old issuer's certificates at once),
+// wait until the old issuer's last certificate expired, retire. Each wait polls until ctx ends.
+func (r rotator) auto(ctx context.Context, nodes []string, poll time.Duration, reissue bool) (*meshcav1.RotationStatus, error) {
 	st, err := r.status(ctx)
 	if err != nil {
 		return nil, err
@@ -139,11 +142,14 @@ func (r rotator) auto(ctx context.Context, nodes []string, poll time.Duration) (
 		r.say("node %s serves the new root", addr)
 	}
 	if st, err = call(ctx, r.inv, func(ctx context.Context) (*meshcav1.RotationStatus, error) {
-		return r.c.Activate(ctx, &meshcav1.ActivateRotationRequest{IssuerId: next.GetId()})
+		return r.c.Activate(ctx, &meshcav1.ActivateRotationRequest{IssuerId: next.GetId(), Reissue: reissue})
 	}); err != nil {
 		return nil, fmt.Errorf("activate: %w", err)
 	}
 	r.say("activated: new certificates are signed by issuer %s", short(next.GetId()))
+	if reissue {
+		r.say("reissue requested: agents replace every certificate the old issuer signed now")
+	}
 	for {
 		roots := st.GetRetirableRoots()
 		if len(roots) == 0 {
@@ -234,6 +240,9 @@ func writeBundle(path string, st *meshcav1.RotationStatus) error {
 func renderRotation(t *table, st *meshcav1.RotationStatus) {
 	s := st.GetCa()
 	t.row("rotation", enumName(s.GetRotationState(), "CA_ROTATION_STATE_"))
+	if r := st.GetReissue(); r != nil {
+		t.row("reissue", "requested "+seconds(r.GetRequested())+": agents replace every certificate issuer "+short(r.GetIssuerId())+" did not sign now")
+	}
 	t.row("")
 	t.row("ROOT", "SHA-256", "SUBJECT", "", "NOT AFTER")
 	for i, r := range s.GetRoots() {
