@@ -49,6 +49,8 @@ type Authority struct {
 	random   io.Reader
 	chainDER [][]byte // the issuer's chain, encoded once
 	bundle   *x509bundle.Bundle
+	// bundlePEM is bundle encoded once: every issuance answers with it.
+	bundlePEM string
 }
 
 // New validates cfg and returns an Authority.
@@ -75,13 +77,18 @@ func New(cfg Config) (*Authority, error) {
 	if err != nil {
 		return nil, err
 	}
+	bundlePEM, err := bundle.Marshal()
+	if err != nil {
+		return nil, fmt.Errorf("trust bundle: %w", err)
+	}
 	a := &Authority{
-		td:     cfg.TrustDomain,
-		issuer: cfg.Issuer,
-		policy: pol,
-		sigAlg: cfg.Issuer.key.SignatureAlgorithm(),
-		random: random,
-		bundle: bundle,
+		td:        cfg.TrustDomain,
+		issuer:    cfg.Issuer,
+		policy:    pol,
+		sigAlg:    cfg.Issuer.key.SignatureAlgorithm(),
+		random:    random,
+		bundle:    bundle,
+		bundlePEM: string(bundlePEM),
 	}
 	for _, c := range cfg.Issuer.chain {
 		a.chainDER = append(a.chainDER, c.Raw)
@@ -219,6 +226,9 @@ func (a *Authority) Policy() *policy.Policy { return a.policy }
 // Bundle is a copy of the trust bundle: the issuer's roots and the trusted roots, newest
 // first.
 func (a *Authority) Bundle() *x509bundle.Bundle { return a.bundle.Clone() }
+
+// BundlePEM is the trust bundle as PEM (Bundle().Marshal()), encoded once.
+func (a *Authority) BundlePEM() string { return a.bundlePEM }
 
 // ChainPEM is the issuer's chain (without leaf or roots) as PEM.
 func (a *Authority) ChainPEM() []byte { return EncodeCertificatesPEM(slices.Clone(a.chainDER)...) }

@@ -105,3 +105,19 @@ func TestWorkloadDecision(t *testing.T) {
 		}
 	})
 }
+
+func TestBundlePEMIsTheBundleEncoded(t *testing.T) {
+	iss := selfSigned(t, signer.ECDSAP256, true)
+	next := selfSigned(t, signer.ECDSAP256, false)
+	a, err := ca.New(ca.Config{TrustDomain: testTD, Issuer: iss, TrustedRoots: next.Roots()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	want, err := a.Bundle().Marshal()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if a.BundlePEM() != string(want) {
+		t.Fatalf("BundlePEM:\n%s\nwant the bundle's own encoding, both roots:\n%s", a.BundlePEM(), want)
+	}
+}

@@ -125,11 +125,15 @@ func clientAddr(ctx context.Context) string {
 
 // identityResponse writes an issued certificate as the API answers it.
 func identityResponse(iss *Issued) *meshcav1.IdentityResponse {
-	bundle, _ := iss.Bundle.Marshal()
+	bundle := iss.bundlePEM
+	if bundle == "" {
+		pemBundle, _ := iss.Bundle.Marshal()
+		bundle = string(pemBundle)
+	}
 	return &meshcav1.IdentityResponse{
 		Certificate: string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: iss.Chain[0]})),
 		Chain:       string(ca.EncodeCertificatesPEM(iss.Chain[1:]...)),
-		Bundle:      string(bundle),
+		Bundle:      bundle,
 		Serial:      iss.Serial,
 		SpiffeId:    iss.SPIFFEID.String(),
 		InstanceId:  iss.InstanceID,

@@ -45,6 +45,8 @@ type Issued struct {
 	InstanceID string
 	// Instance is the instance record after the commit.
 	Instance *meshcav1.Instance
+
+	bundlePEM string // Bundle as PEM, encoded once per Authority
 }
 
 // registerInput is a Register request with what the transport knows of its caller.
@@ -480,7 +482,7 @@ func issuedOf(iss *ca.Issued, auth *ca.Authority, instanceID string, inst *meshc
 	}
 	return &Issued{
 		Chain: iss.Chain, Leaf: leaf, Bundle: auth.Bundle(), Serial: leaf.SerialNumber.Text(16),
-		SPIFFEID: id, InstanceID: instanceID, Instance: inst,
+		SPIFFEID: id, InstanceID: instanceID, Instance: inst, bundlePEM: auth.BundlePEM(),
 	}, nil
 }
 
