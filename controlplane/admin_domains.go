@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"net/url"
-	"slices"
 
 	meshcav1 "github.com/meshca/meshca/api/meshca/v1"
 	"github.com/meshca/meshca/raftstore"
@@ -106,22 +105,17 @@ func (a *Admin) DeleteDomain(ctx context.Context, req *meshcav1.DeleteDomainRequ
 
 // AddDomainAdmins adds principals to a domain's admins.
 func (a *Admin) AddDomainAdmins(ctx context.Context, req *meshcav1.DomainAdminsRequest) (*meshcav1.Domain, error) {
-	return a.changeDomainAdmins(ctx, req, func(cur []string) []string {
-		return append(slices.Clone(cur), req.GetAdmins()...)
-	})
+	return a.changeDomainAdmins(ctx, req, &meshcav1.ChangeDomainAdminsCommand{Name: req.GetName(), Add: req.GetAdmins()})
 }
 
 // RemoveDomainAdmins removes principals from a domain's admins.
 func (a *Admin) RemoveDomainAdmins(ctx context.Context, req *meshcav1.DomainAdminsRequest) (*meshcav1.Domain, error) {
-	return a.changeDomainAdmins(ctx, req, func(cur []string) []string {
-		return slices.DeleteFunc(slices.Clone(cur), func(e string) bool { return slices.Contains(req.GetAdmins(), e) })
-	})
+	return a.changeDomainAdmins(ctx, req, &meshcav1.ChangeDomainAdminsCommand{Name: req.GetName(), Remove: req.GetAdmins()})
 }
 
-// changeDomainAdmins replaces a domain's admins with change(current admins). The state
-// machine has no per-admin command, so this reads the local domain and writes it back in
-// update mode: of two concurrent changes to one domain's admins, the later wins.
-func (a *Admin) changeDomainAdmins(ctx context.Context, req *meshcav1.DomainAdminsRequest, change func([]string) []string) (*meshcav1.Domain, error) {
+// changeDomainAdmins commits change. The state machine applies it to the admins as they are
+// at apply time, so of two concurrent changes to one domain's admins neither is lost.
+func (a *Admin) changeDomainAdmins(ctx context.Context, req *meshcav1.DomainAdminsRequest, change *meshcav1.ChangeDomainAdminsCommand) (*meshcav1.Domain, error) {
 	st := a.store.State()
 	c, err := a.authorize(ctx, st, ActionDomainUpdate, inDomain(st, "domain", req.GetName(), req.GetName()))
 	if err != nil {
@@ -133,16 +127,10 @@ func (a *Admin) changeDomainAdmins(ctx context.Context, req *meshcav1.DomainAdmi
 	if err := checkAdminEntries("admins", req.GetAdmins()); err != nil {
 		return nil, err
 	}
-	d, err := st.Domain(req.GetName())
-	if err != nil {
+	if _, err := st.Domain(req.GetName()); err != nil {
 		return nil, notFound("name", "domain %q does not exist", req.GetName())
 	}
-	out, err := a.commit(ctx, c, "put_domain.", &meshcav1.Command{Command: &meshcav1.Command_PutDomain{
-		PutDomain: &meshcav1.PutDomainCommand{
-			Domain: &meshcav1.Domain{Name: d.GetName(), Admins: change(d.GetAdmins())},
-			Mode:   meshcav1.PutMode_PUT_MODE_UPDATE,
-		},
-	}})
+	out, err := a.commit(ctx, c, "change_domain_admins.", &meshcav1.Command{Command: &meshcav1.Command_ChangeDomainAdmins{ChangeDomainAdmins: change}})
 	if err != nil {
 		return nil, err
 	}

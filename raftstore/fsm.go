@@ -236,6 +236,8 @@ func dispatch(tx *txn, cmd *meshcav1.Command) outcome {
 	switch c := cmd.GetCommand().(type) {
 	case *meshcav1.Command_PutDomain:
 		return applyPutDomain(tx, c.PutDomain)
+	case *meshcav1.Command_ChangeDomainAdmins:
+		return applyChangeDomainAdmins(tx, c.ChangeDomainAdmins)
 	case *meshcav1.Command_DeleteDomain:
 		return applyDeleteDomain(tx, c.DeleteDomain)
 	case *meshcav1.Command_PutService:

@@ -53,6 +53,42 @@ func applyPutDomain(tx *txn, c *meshcav1.PutDomainCommand) outcome {
 	return success(rec)
 }
 
+// applyChangeDomainAdmins adds and removes admins against the domain as it is now.
+func applyChangeDomainAdmins(tx *txn, c *meshcav1.ChangeDomainAdminsCommand) outcome {
+	name := c.GetName()
+	if err := validateDottedName(name); err != nil {
+		return refusal(codeInvalid, "change_domain_admins.name: %v", err)
+	}
+	if len(c.GetAdd())+len(c.GetRemove()) == 0 {
+		return refusal(codeInvalid, "change_domain_admins: add or remove at least one principal")
+	}
+	if len(c.GetAdd()) > maxAdmins {
+		return refusal(codeInvalid, "change_domain_admins.add: %d principals, at most %d", len(c.GetAdd()), maxAdmins)
+	}
+	if len(c.GetRemove()) > maxAdmins {
+		return refusal(codeInvalid, "change_domain_admins.remove: %d principals, at most %d", len(c.GetRemove()), maxAdmins)
+	}
+	for i, a := range c.GetAdd() {
+		if err := validateID(a); err != nil {
+			return refusal(codeInvalid, "change_domain_admins.add[%d]: %v", i, err)
+		}
+	}
+	old, ok := tx.domains.Get(name)
+	if !ok {
+		return refusal(codeNotFound, "change_domain_admins.name: domain %q does not exist", name)
+	}
+	admins := append(slices.Clone(old.GetAdmins()), c.GetAdd()...)
+	admins = slices.DeleteFunc(admins, func(a string) bool { return slices.Contains(c.GetRemove(), a) })
+	admins = normalizeStrings(admins)
+	if len(admins) > maxAdmins {
+		return refusal(codeInvalid, "change_domain_admins.add: the domain would have %d admins, at most %d", len(admins), maxAdmins)
+	}
+	rec := &meshcav1.Domain{Name: name, Admins: admins, Created: old.GetCreated(), Updated: tx.now}
+	tx.domains.Set(name, rec)
+	tx.event(meshcav1.EventKind_EVENT_KIND_CONFIG_CHANGED, "domain/"+name, "", "domain admins changed")
+	return success(rec)
+}
+
 func applyDeleteDomain(tx *txn, c *meshcav1.DeleteDomainCommand) outcome {
 	name := c.GetName()
 	if _, ok := tx.domains.Get(name); !ok {

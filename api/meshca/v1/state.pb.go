@@ -2161,6 +2161,7 @@ type Command struct {
 	//	*Command_PutProvider
 	//	*Command_DeleteProvider
 	//	*Command_SetProviderEnabled
+	//	*Command_ChangeDomainAdmins
 	//	*Command_RecordRegister
 	//	*Command_RecordRefresh
 	//	*Command_VerifyExtend
@@ -2336,6 +2337,15 @@ func (x *Command) GetSetProviderEnabled() *SetProviderEnabledCommand {
 	if x != nil {
 		if x, ok := x.Command.(*Command_SetProviderEnabled); ok {
 			return x.SetProviderEnabled
+		}
+	}
+	return nil
+}
+
+func (x *Command) GetChangeDomainAdmins() *ChangeDomainAdminsCommand {
+	if x != nil {
+		if x, ok := x.Command.(*Command_ChangeDomainAdmins); ok {
+			return x.ChangeDomainAdmins
 		}
 	}
 	return nil
@@ -2551,6 +2561,10 @@ type Command_SetProviderEnabled struct {
 	SetProviderEnabled *SetProviderEnabledCommand `protobuf:"bytes,20,opt,name=set_provider_enabled,json=setProviderEnabled,proto3,oneof"`
 }
 
+type Command_ChangeDomainAdmins struct {
+	ChangeDomainAdmins *ChangeDomainAdminsCommand `protobuf:"bytes,21,opt,name=change_domain_admins,json=changeDomainAdmins,proto3,oneof"`
+}
+
 type Command_RecordRegister struct {
 	RecordRegister *RecordRegisterCommand `protobuf:"bytes,30,opt,name=record_register,json=recordRegister,proto3,oneof"`
 }
@@ -2645,6 +2659,8 @@ func (*Command_DeleteProvider) isCommand_Command() {}
 
 func (*Command_SetProviderEnabled) isCommand_Command() {}
 
+func (*Command_ChangeDomainAdmins) isCommand_Command() {}
+
 func (*Command_RecordRegister) isCommand_Command() {}
 
 func (*Command_RecordRefresh) isCommand_Command() {}
@@ -2734,6 +2750,69 @@ func (x *PutDomainCommand) GetMode() PutMode {
 	return PutMode_PUT_MODE_UPSERT
 }
 
+// ChangeDomainAdminsCommand adds and removes principals of an existing domain's admins. The
+// change is made against the admins at apply time, so concurrent changes to one domain all
+// take effect. A principal in both lists ends up removed.
+type ChangeDomainAdminsCommand struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Name          string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	Add           []string               `protobuf:"bytes,2,rep,name=add,proto3" json:"add,omitempty"`
+	Remove        []string               `protobuf:"bytes,3,rep,name=remove,proto3" json:"remove,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ChangeDomainAdminsCommand) Reset() {
+	*x = ChangeDomainAdminsCommand{}
+	mi := &file_meshca_v1_state_proto_msgTypes[20]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ChangeDomainAdminsCommand) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ChangeDomainAdminsCommand) ProtoMessage() {}
+
+func (x *ChangeDomainAdminsCommand) ProtoReflect() protoreflect.Message {
+	mi := &file_meshca_v1_state_proto_msgTypes[20]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ChangeDomainAdminsCommand.ProtoReflect.Descriptor instead.
+func (*ChangeDomainAdminsCommand) Descriptor() ([]byte, []int) {
+	return file_meshca_v1_state_proto_rawDescGZIP(), []int{20}
+}
+
+func (x *ChangeDomainAdminsCommand) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *ChangeDomainAdminsCommand) GetAdd() []string {
+	if x != nil {
+		return x.Add
+	}
+	return nil
+}
+
+func (x *ChangeDomainAdminsCommand) GetRemove() []string {
+	if x != nil {
+		return x.Remove
+	}
+	return nil
+}
+
 // DeleteDomainCommand deletes a domain that has no services.
 type DeleteDomainCommand struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
@@ -2744,7 +2823,7 @@ type DeleteDomainCommand struct {
 
 func (x *DeleteDomainCommand) Reset() {
 	*x = DeleteDomainCommand{}
-	mi := &file_meshca_v1_state_proto_msgTypes[20]
+	mi := &file_meshca_v1_state_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2756,7 +2835,7 @@ func (x *DeleteDomainCommand) String() string {
 func (*DeleteDomainCommand) ProtoMessage() {}
 
 func (x *DeleteDomainCommand) ProtoReflect() protoreflect.Message {
-	mi := &file_meshca_v1_state_proto_msgTypes[20]
+	mi := &file_meshca_v1_state_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2769,7 +2848,7 @@ func (x *DeleteDomainCommand) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteDomainCommand.ProtoReflect.Descriptor instead.
 func (*DeleteDomainCommand) Descriptor() ([]byte, []int) {
-	return file_meshca_v1_state_proto_rawDescGZIP(), []int{20}
+	return file_meshca_v1_state_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *DeleteDomainCommand) GetName() string {
@@ -2790,7 +2869,7 @@ type PutServiceCommand struct {
 
 func (x *PutServiceCommand) Reset() {
 	*x = PutServiceCommand{}
-	mi := &file_meshca_v1_state_proto_msgTypes[21]
+	mi := &file_meshca_v1_state_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2802,7 +2881,7 @@ func (x *PutServiceCommand) String() string {
 func (*PutServiceCommand) ProtoMessage() {}
 
 func (x *PutServiceCommand) ProtoReflect() protoreflect.Message {
-	mi := &file_meshca_v1_state_proto_msgTypes[21]
+	mi := &file_meshca_v1_state_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2815,7 +2894,7 @@ func (x *PutServiceCommand) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PutServiceCommand.ProtoReflect.Descriptor instead.
 func (*PutServiceCommand) Descriptor() ([]byte, []int) {
-	return file_meshca_v1_state_proto_rawDescGZIP(), []int{21}
+	return file_meshca_v1_state_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *PutServiceCommand) GetService() *Service {
@@ -2843,7 +2922,7 @@ type DeleteServiceCommand struct {
 
 func (x *DeleteServiceCommand) Reset() {
 	*x = DeleteServiceCommand{}
-	mi := &file_meshca_v1_state_proto_msgTypes[22]
+	mi := &file_meshca_v1_state_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2855,7 +2934,7 @@ func (x *DeleteServiceCommand) String() string {
 func (*DeleteServiceCommand) ProtoMessage() {}
 
 func (x *DeleteServiceCommand) ProtoReflect() protoreflect.Message {
-	mi := &file_meshca_v1_state_proto_msgTypes[22]
+	mi := &file_meshca_v1_state_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2868,7 +2947,7 @@ func (x *DeleteServiceCommand) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteServiceCommand.ProtoReflect.Descriptor instead.
 func (*DeleteServiceCommand) Descriptor() ([]byte, []int) {
-	return file_meshca_v1_state_proto_rawDescGZIP(), []int{22}
+	return file_meshca_v1_state_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *DeleteServiceCommand) GetIdentity() string {
@@ -2889,7 +2968,7 @@ type AddServiceKeyCommand struct {
 
 func (x *AddServiceKeyCommand) Reset() {
 	*x = AddServiceKeyCommand{}
-	mi := &file_meshca_v1_state_proto_msgTypes[23]
+	mi := &file_meshca_v1_state_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2901,7 +2980,7 @@ func (x *AddServiceKeyCommand) String() string {
 func (*AddServiceKeyCommand) ProtoMessage() {}
 
 func (x *AddServiceKeyCommand) ProtoReflect() protoreflect.Message {
-	mi := &file_meshca_v1_state_proto_msgTypes[23]
+	mi := &file_meshca_v1_state_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2914,7 +2993,7 @@ func (x *AddServiceKeyCommand) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AddServiceKeyCommand.ProtoReflect.Descriptor instead.
 func (*AddServiceKeyCommand) Descriptor() ([]byte, []int) {
-	return file_meshca_v1_state_proto_rawDescGZIP(), []int{23}
+	return file_meshca_v1_state_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *AddServiceKeyCommand) GetIdentity() string {
@@ -2942,7 +3021,7 @@ type RemoveServiceKeyCommand struct {
 
 func (x *RemoveServiceKeyCommand) Reset() {
 	*x = RemoveServiceKeyCommand{}
-	mi := &file_meshca_v1_state_proto_msgTypes[24]
+	mi := &file_meshca_v1_state_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2954,7 +3033,7 @@ func (x *RemoveServiceKeyCommand) String() string {
 func (*RemoveServiceKeyCommand) ProtoMessage() {}
 
 func (x *RemoveServiceKeyCommand) ProtoReflect() protoreflect.Message {
-	mi := &file_meshca_v1_state_proto_msgTypes[24]
+	mi := &file_meshca_v1_state_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2967,7 +3046,7 @@ func (x *RemoveServiceKeyCommand) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RemoveServiceKeyCommand.ProtoReflect.Descriptor instead.
 func (*RemoveServiceKeyCommand) Descriptor() ([]byte, []int) {
-	return file_meshca_v1_state_proto_rawDescGZIP(), []int{24}
+	return file_meshca_v1_state_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *RemoveServiceKeyCommand) GetIdentity() string {
@@ -2995,7 +3074,7 @@ type AddLaunchGrantCommand struct {
 
 func (x *AddLaunchGrantCommand) Reset() {
 	*x = AddLaunchGrantCommand{}
-	mi := &file_meshca_v1_state_proto_msgTypes[25]
+	mi := &file_meshca_v1_state_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3007,7 +3086,7 @@ func (x *AddLaunchGrantCommand) String() string {
 func (*AddLaunchGrantCommand) ProtoMessage() {}
 
 func (x *AddLaunchGrantCommand) ProtoReflect() protoreflect.Message {
-	mi := &file_meshca_v1_state_proto_msgTypes[25]
+	mi := &file_meshca_v1_state_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3020,7 +3099,7 @@ func (x *AddLaunchGrantCommand) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AddLaunchGrantCommand.ProtoReflect.Descriptor instead.
 func (*AddLaunchGrantCommand) Descriptor() ([]byte, []int) {
-	return file_meshca_v1_state_proto_rawDescGZIP(), []int{25}
+	return file_meshca_v1_state_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *AddLaunchGrantCommand) GetIdentity() string {
@@ -3048,7 +3127,7 @@ type RemoveLaunchGrantCommand struct {
 
 func (x *RemoveLaunchGrantCommand) Reset() {
 	*x = RemoveLaunchGrantCommand{}
-	mi := &file_meshca_v1_state_proto_msgTypes[26]
+	mi := &file_meshca_v1_state_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3060,7 +3139,7 @@ func (x *RemoveLaunchGrantCommand) String() string {
 func (*RemoveLaunchGrantCommand) ProtoMessage() {}
 
 func (x *RemoveLaunchGrantCommand) ProtoReflect() protoreflect.Message {
-	mi := &file_meshca_v1_state_proto_msgTypes[26]
+	mi := &file_meshca_v1_state_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3073,7 +3152,7 @@ func (x *RemoveLaunchGrantCommand) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RemoveLaunchGrantCommand.ProtoReflect.Descriptor instead.
 func (*RemoveLaunchGrantCommand) Descriptor() ([]byte, []int) {
-	return file_meshca_v1_state_proto_rawDescGZIP(), []int{26}
+	return file_meshca_v1_state_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *RemoveLaunchGrantCommand) GetIdentity() string {
@@ -3102,7 +3181,7 @@ type PutProviderCommand struct {
 
 func (x *PutProviderCommand) Reset() {
 	*x = PutProviderCommand{}
-	mi := &file_meshca_v1_state_proto_msgTypes[27]
+	mi := &file_meshca_v1_state_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3114,7 +3193,7 @@ func (x *PutProviderCommand) String() string {
 func (*PutProviderCommand) ProtoMessage() {}
 
 func (x *PutProviderCommand) ProtoReflect() protoreflect.Message {
-	mi := &file_meshca_v1_state_proto_msgTypes[27]
+	mi := &file_meshca_v1_state_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3127,7 +3206,7 @@ func (x *PutProviderCommand) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PutProviderCommand.ProtoReflect.Descriptor instead.
 func (*PutProviderCommand) Descriptor() ([]byte, []int) {
-	return file_meshca_v1_state_proto_rawDescGZIP(), []int{27}
+	return file_meshca_v1_state_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *PutProviderCommand) GetProvider() *Provider {
@@ -3154,7 +3233,7 @@ type DeleteProviderCommand struct {
 
 func (x *DeleteProviderCommand) Reset() {
 	*x = DeleteProviderCommand{}
-	mi := &file_meshca_v1_state_proto_msgTypes[28]
+	mi := &file_meshca_v1_state_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3166,7 +3245,7 @@ func (x *DeleteProviderCommand) String() string {
 func (*DeleteProviderCommand) ProtoMessage() {}
 
 func (x *DeleteProviderCommand) ProtoReflect() protoreflect.Message {
-	mi := &file_meshca_v1_state_proto_msgTypes[28]
+	mi := &file_meshca_v1_state_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3179,7 +3258,7 @@ func (x *DeleteProviderCommand) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteProviderCommand.ProtoReflect.Descriptor instead.
 func (*DeleteProviderCommand) Descriptor() ([]byte, []int) {
-	return file_meshca_v1_state_proto_rawDescGZIP(), []int{28}
+	return file_meshca_v1_state_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *DeleteProviderCommand) GetName() string {
@@ -3200,7 +3279,7 @@ type SetProviderEnabledCommand struct {
 
 func (x *SetProviderEnabledCommand) Reset() {
 	*x = SetProviderEnabledCommand{}
-	mi := &file_meshca_v1_state_proto_msgTypes[29]
+	mi := &file_meshca_v1_state_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3212,7 +3291,7 @@ func (x *SetProviderEnabledCommand) String() string {
 func (*SetProviderEnabledCommand) ProtoMessage() {}
 
 func (x *SetProviderEnabledCommand) ProtoReflect() protoreflect.Message {
-	mi := &file_meshca_v1_state_proto_msgTypes[29]
+	mi := &file_meshca_v1_state_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3225,7 +3304,7 @@ func (x *SetProviderEnabledCommand) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetProviderEnabledCommand.ProtoReflect.Descriptor instead.
 func (*SetProviderEnabledCommand) Descriptor() ([]byte, []int) {
-	return file_meshca_v1_state_proto_rawDescGZIP(), []int{29}
+	return file_meshca_v1_state_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *SetProviderEnabledCommand) GetName() string {
@@ -3266,7 +3345,7 @@ type RecordRegisterCommand struct {
 
 func (x *RecordRegisterCommand) Reset() {
 	*x = RecordRegisterCommand{}
-	mi := &file_meshca_v1_state_proto_msgTypes[30]
+	mi := &file_meshca_v1_state_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3278,7 +3357,7 @@ func (x *RecordRegisterCommand) String() string {
 func (*RecordRegisterCommand) ProtoMessage() {}
 
 func (x *RecordRegisterCommand) ProtoReflect() protoreflect.Message {
-	mi := &file_meshca_v1_state_proto_msgTypes[30]
+	mi := &file_meshca_v1_state_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3291,7 +3370,7 @@ func (x *RecordRegisterCommand) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RecordRegisterCommand.ProtoReflect.Descriptor instead.
 func (*RecordRegisterCommand) Descriptor() ([]byte, []int) {
-	return file_meshca_v1_state_proto_rawDescGZIP(), []int{30}
+	return file_meshca_v1_state_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *RecordRegisterCommand) GetProvider() string {
@@ -3384,7 +3463,7 @@ type RecordRefreshCommand struct {
 
 func (x *RecordRefreshCommand) Reset() {
 	*x = RecordRefreshCommand{}
-	mi := &file_meshca_v1_state_proto_msgTypes[31]
+	mi := &file_meshca_v1_state_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3396,7 +3475,7 @@ func (x *RecordRefreshCommand) String() string {
 func (*RecordRefreshCommand) ProtoMessage() {}
 
 func (x *RecordRefreshCommand) ProtoReflect() protoreflect.Message {
-	mi := &file_meshca_v1_state_proto_msgTypes[31]
+	mi := &file_meshca_v1_state_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3409,7 +3488,7 @@ func (x *RecordRefreshCommand) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RecordRefreshCommand.ProtoReflect.Descriptor instead.
 func (*RecordRefreshCommand) Descriptor() ([]byte, []int) {
-	return file_meshca_v1_state_proto_rawDescGZIP(), []int{31}
+	return file_meshca_v1_state_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *RecordRefreshCommand) GetProvider() string {
@@ -3497,7 +3576,7 @@ type VerifyExtendCommand struct {
 
 func (x *VerifyExtendCommand) Reset() {
 	*x = VerifyExtendCommand{}
-	mi := &file_meshca_v1_state_proto_msgTypes[32]
+	mi := &file_meshca_v1_state_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3509,7 +3588,7 @@ func (x *VerifyExtendCommand) String() string {
 func (*VerifyExtendCommand) ProtoMessage() {}
 
 func (x *VerifyExtendCommand) ProtoReflect() protoreflect.Message {
-	mi := &file_meshca_v1_state_proto_msgTypes[32]
+	mi := &file_meshca_v1_state_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3522,7 +3601,7 @@ func (x *VerifyExtendCommand) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use VerifyExtendCommand.ProtoReflect.Descriptor instead.
 func (*VerifyExtendCommand) Descriptor() ([]byte, []int) {
-	return file_meshca_v1_state_proto_rawDescGZIP(), []int{32}
+	return file_meshca_v1_state_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *VerifyExtendCommand) GetProvider() string {
@@ -3573,7 +3652,7 @@ type InstanceRef struct {
 
 func (x *InstanceRef) Reset() {
 	*x = InstanceRef{}
-	mi := &file_meshca_v1_state_proto_msgTypes[33]
+	mi := &file_meshca_v1_state_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3585,7 +3664,7 @@ func (x *InstanceRef) String() string {
 func (*InstanceRef) ProtoMessage() {}
 
 func (x *InstanceRef) ProtoReflect() protoreflect.Message {
-	mi := &file_meshca_v1_state_proto_msgTypes[33]
+	mi := &file_meshca_v1_state_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3598,7 +3677,7 @@ func (x *InstanceRef) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use InstanceRef.ProtoReflect.Descriptor instead.
 func (*InstanceRef) Descriptor() ([]byte, []int) {
-	return file_meshca_v1_state_proto_rawDescGZIP(), []int{33}
+	return file_meshca_v1_state_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *InstanceRef) GetProvider() string {
@@ -3646,7 +3725,7 @@ type RevokeCommand struct {
 
 func (x *RevokeCommand) Reset() {
 	*x = RevokeCommand{}
-	mi := &file_meshca_v1_state_proto_msgTypes[34]
+	mi := &file_meshca_v1_state_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3658,7 +3737,7 @@ func (x *RevokeCommand) String() string {
 func (*RevokeCommand) ProtoMessage() {}
 
 func (x *RevokeCommand) ProtoReflect() protoreflect.Message {
-	mi := &file_meshca_v1_state_proto_msgTypes[34]
+	mi := &file_meshca_v1_state_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3671,7 +3750,7 @@ func (x *RevokeCommand) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RevokeCommand.ProtoReflect.Descriptor instead.
 func (*RevokeCommand) Descriptor() ([]byte, []int) {
-	return file_meshca_v1_state_proto_rawDescGZIP(), []int{34}
+	return file_meshca_v1_state_proto_rawDescGZIP(), []int{35}
 }
 
 func (x *RevokeCommand) GetTarget() isRevokeCommand_Target {
@@ -3739,7 +3818,7 @@ type IssueTokenCommand struct {
 
 func (x *IssueTokenCommand) Reset() {
 	*x = IssueTokenCommand{}
-	mi := &file_meshca_v1_state_proto_msgTypes[35]
+	mi := &file_meshca_v1_state_proto_msgTypes[36]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3751,7 +3830,7 @@ func (x *IssueTokenCommand) String() string {
 func (*IssueTokenCommand) ProtoMessage() {}
 
 func (x *IssueTokenCommand) ProtoReflect() protoreflect.Message {
-	mi := &file_meshca_v1_state_proto_msgTypes[35]
+	mi := &file_meshca_v1_state_proto_msgTypes[36]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3764,7 +3843,7 @@ func (x *IssueTokenCommand) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use IssueTokenCommand.ProtoReflect.Descriptor instead.
 func (*IssueTokenCommand) Descriptor() ([]byte, []int) {
-	return file_meshca_v1_state_proto_rawDescGZIP(), []int{35}
+	return file_meshca_v1_state_proto_rawDescGZIP(), []int{36}
 }
 
 func (x *IssueTokenCommand) GetToken() *Token {
@@ -3788,7 +3867,7 @@ type ConsumeTokenCommand struct {
 
 func (x *ConsumeTokenCommand) Reset() {
 	*x = ConsumeTokenCommand{}
-	mi := &file_meshca_v1_state_proto_msgTypes[36]
+	mi := &file_meshca_v1_state_proto_msgTypes[37]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3800,7 +3879,7 @@ func (x *ConsumeTokenCommand) String() string {
 func (*ConsumeTokenCommand) ProtoMessage() {}
 
 func (x *ConsumeTokenCommand) ProtoReflect() protoreflect.Message {
-	mi := &file_meshca_v1_state_proto_msgTypes[36]
+	mi := &file_meshca_v1_state_proto_msgTypes[37]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3813,7 +3892,7 @@ func (x *ConsumeTokenCommand) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ConsumeTokenCommand.ProtoReflect.Descriptor instead.
 func (*ConsumeTokenCommand) Descriptor() ([]byte, []int) {
-	return file_meshca_v1_state_proto_rawDescGZIP(), []int{36}
+	return file_meshca_v1_state_proto_rawDescGZIP(), []int{37}
 }
 
 func (x *ConsumeTokenCommand) GetJti() string {
@@ -3858,7 +3937,7 @@ type UseNonceCommand struct {
 
 func (x *UseNonceCommand) Reset() {
 	*x = UseNonceCommand{}
-	mi := &file_meshca_v1_state_proto_msgTypes[37]
+	mi := &file_meshca_v1_state_proto_msgTypes[38]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3870,7 +3949,7 @@ func (x *UseNonceCommand) String() string {
 func (*UseNonceCommand) ProtoMessage() {}
 
 func (x *UseNonceCommand) ProtoReflect() protoreflect.Message {
-	mi := &file_meshca_v1_state_proto_msgTypes[37]
+	mi := &file_meshca_v1_state_proto_msgTypes[38]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3883,7 +3962,7 @@ func (x *UseNonceCommand) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UseNonceCommand.ProtoReflect.Descriptor instead.
 func (*UseNonceCommand) Descriptor() ([]byte, []int) {
-	return file_meshca_v1_state_proto_rawDescGZIP(), []int{37}
+	return file_meshca_v1_state_proto_rawDescGZIP(), []int{38}
 }
 
 func (x *UseNonceCommand) GetScope() string {
@@ -3920,7 +3999,7 @@ type SubmitCSRCommand struct {
 
 func (x *SubmitCSRCommand) Reset() {
 	*x = SubmitCSRCommand{}
-	mi := &file_meshca_v1_state_proto_msgTypes[38]
+	mi := &file_meshca_v1_state_proto_msgTypes[39]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3932,7 +4011,7 @@ func (x *SubmitCSRCommand) String() string {
 func (*SubmitCSRCommand) ProtoMessage() {}
 
 func (x *SubmitCSRCommand) ProtoReflect() protoreflect.Message {
-	mi := &file_meshca_v1_state_proto_msgTypes[38]
+	mi := &file_meshca_v1_state_proto_msgTypes[39]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3945,7 +4024,7 @@ func (x *SubmitCSRCommand) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SubmitCSRCommand.ProtoReflect.Descriptor instead.
 func (*SubmitCSRCommand) Descriptor() ([]byte, []int) {
-	return file_meshca_v1_state_proto_rawDescGZIP(), []int{38}
+	return file_meshca_v1_state_proto_rawDescGZIP(), []int{39}
 }
 
 func (x *SubmitCSRCommand) GetId() string {
@@ -3987,7 +4066,7 @@ type ApproveCSRCommand struct {
 
 func (x *ApproveCSRCommand) Reset() {
 	*x = ApproveCSRCommand{}
-	mi := &file_meshca_v1_state_proto_msgTypes[39]
+	mi := &file_meshca_v1_state_proto_msgTypes[40]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3999,7 +4078,7 @@ func (x *ApproveCSRCommand) String() string {
 func (*ApproveCSRCommand) ProtoMessage() {}
 
 func (x *ApproveCSRCommand) ProtoReflect() protoreflect.Message {
-	mi := &file_meshca_v1_state_proto_msgTypes[39]
+	mi := &file_meshca_v1_state_proto_msgTypes[40]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4012,7 +4091,7 @@ func (x *ApproveCSRCommand) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ApproveCSRCommand.ProtoReflect.Descriptor instead.
 func (*ApproveCSRCommand) Descriptor() ([]byte, []int) {
-	return file_meshca_v1_state_proto_rawDescGZIP(), []int{39}
+	return file_meshca_v1_state_proto_rawDescGZIP(), []int{40}
 }
 
 func (x *ApproveCSRCommand) GetId() string {
@@ -4041,7 +4120,7 @@ type DenyCSRCommand struct {
 
 func (x *DenyCSRCommand) Reset() {
 	*x = DenyCSRCommand{}
-	mi := &file_meshca_v1_state_proto_msgTypes[40]
+	mi := &file_meshca_v1_state_proto_msgTypes[41]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4053,7 +4132,7 @@ func (x *DenyCSRCommand) String() string {
 func (*DenyCSRCommand) ProtoMessage() {}
 
 func (x *DenyCSRCommand) ProtoReflect() protoreflect.Message {
-	mi := &file_meshca_v1_state_proto_msgTypes[40]
+	mi := &file_meshca_v1_state_proto_msgTypes[41]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4066,7 +4145,7 @@ func (x *DenyCSRCommand) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DenyCSRCommand.ProtoReflect.Descriptor instead.
 func (*DenyCSRCommand) Descriptor() ([]byte, []int) {
-	return file_meshca_v1_state_proto_rawDescGZIP(), []int{40}
+	return file_meshca_v1_state_proto_rawDescGZIP(), []int{41}
 }
 
 func (x *DenyCSRCommand) GetId() string {
@@ -4106,7 +4185,7 @@ type RecordCSRIssuedCommand struct {
 
 func (x *RecordCSRIssuedCommand) Reset() {
 	*x = RecordCSRIssuedCommand{}
-	mi := &file_meshca_v1_state_proto_msgTypes[41]
+	mi := &file_meshca_v1_state_proto_msgTypes[42]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4118,7 +4197,7 @@ func (x *RecordCSRIssuedCommand) String() string {
 func (*RecordCSRIssuedCommand) ProtoMessage() {}
 
 func (x *RecordCSRIssuedCommand) ProtoReflect() protoreflect.Message {
-	mi := &file_meshca_v1_state_proto_msgTypes[41]
+	mi := &file_meshca_v1_state_proto_msgTypes[42]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4131,7 +4210,7 @@ func (x *RecordCSRIssuedCommand) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RecordCSRIssuedCommand.ProtoReflect.Descriptor instead.
 func (*RecordCSRIssuedCommand) Descriptor() ([]byte, []int) {
-	return file_meshca_v1_state_proto_rawDescGZIP(), []int{41}
+	return file_meshca_v1_state_proto_rawDescGZIP(), []int{42}
 }
 
 func (x *RecordCSRIssuedCommand) GetId() string {
@@ -4175,7 +4254,7 @@ type SetCACommand struct {
 
 func (x *SetCACommand) Reset() {
 	*x = SetCACommand{}
-	mi := &file_meshca_v1_state_proto_msgTypes[42]
+	mi := &file_meshca_v1_state_proto_msgTypes[43]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4187,7 +4266,7 @@ func (x *SetCACommand) String() string {
 func (*SetCACommand) ProtoMessage() {}
 
 func (x *SetCACommand) ProtoReflect() protoreflect.Message {
-	mi := &file_meshca_v1_state_proto_msgTypes[42]
+	mi := &file_meshca_v1_state_proto_msgTypes[43]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4200,7 +4279,7 @@ func (x *SetCACommand) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetCACommand.ProtoReflect.Descriptor instead.
 func (*SetCACommand) Descriptor() ([]byte, []int) {
-	return file_meshca_v1_state_proto_rawDescGZIP(), []int{42}
+	return file_meshca_v1_state_proto_rawDescGZIP(), []int{43}
 }
 
 func (x *SetCACommand) GetRoots() [][]byte {
@@ -4230,7 +4309,7 @@ type PrepareCARotationCommand struct {
 
 func (x *PrepareCARotationCommand) Reset() {
 	*x = PrepareCARotationCommand{}
-	mi := &file_meshca_v1_state_proto_msgTypes[43]
+	mi := &file_meshca_v1_state_proto_msgTypes[44]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4242,7 +4321,7 @@ func (x *PrepareCARotationCommand) String() string {
 func (*PrepareCARotationCommand) ProtoMessage() {}
 
 func (x *PrepareCARotationCommand) ProtoReflect() protoreflect.Message {
-	mi := &file_meshca_v1_state_proto_msgTypes[43]
+	mi := &file_meshca_v1_state_proto_msgTypes[44]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4255,7 +4334,7 @@ func (x *PrepareCARotationCommand) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PrepareCARotationCommand.ProtoReflect.Descriptor instead.
 func (*PrepareCARotationCommand) Descriptor() ([]byte, []int) {
-	return file_meshca_v1_state_proto_rawDescGZIP(), []int{43}
+	return file_meshca_v1_state_proto_rawDescGZIP(), []int{44}
 }
 
 func (x *PrepareCARotationCommand) GetNewRoot() []byte {
@@ -4286,7 +4365,7 @@ type ActivateCAIssuerCommand struct {
 
 func (x *ActivateCAIssuerCommand) Reset() {
 	*x = ActivateCAIssuerCommand{}
-	mi := &file_meshca_v1_state_proto_msgTypes[44]
+	mi := &file_meshca_v1_state_proto_msgTypes[45]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4298,7 +4377,7 @@ func (x *ActivateCAIssuerCommand) String() string {
 func (*ActivateCAIssuerCommand) ProtoMessage() {}
 
 func (x *ActivateCAIssuerCommand) ProtoReflect() protoreflect.Message {
-	mi := &file_meshca_v1_state_proto_msgTypes[44]
+	mi := &file_meshca_v1_state_proto_msgTypes[45]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4311,7 +4390,7 @@ func (x *ActivateCAIssuerCommand) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ActivateCAIssuerCommand.ProtoReflect.Descriptor instead.
 func (*ActivateCAIssuerCommand) Descriptor() ([]byte, []int) {
-	return file_meshca_v1_state_proto_rawDescGZIP(), []int{44}
+	return file_meshca_v1_state_proto_rawDescGZIP(), []int{45}
 }
 
 func (x *ActivateCAIssuerCommand) GetIssuerId() string {
@@ -4339,7 +4418,7 @@ type RetireCARootCommand struct {
 
 func (x *RetireCARootCommand) Reset() {
 	*x = RetireCARootCommand{}
-	mi := &file_meshca_v1_state_proto_msgTypes[45]
+	mi := &file_meshca_v1_state_proto_msgTypes[46]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4351,7 +4430,7 @@ func (x *RetireCARootCommand) String() string {
 func (*RetireCARootCommand) ProtoMessage() {}
 
 func (x *RetireCARootCommand) ProtoReflect() protoreflect.Message {
-	mi := &file_meshca_v1_state_proto_msgTypes[45]
+	mi := &file_meshca_v1_state_proto_msgTypes[46]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4364,7 +4443,7 @@ func (x *RetireCARootCommand) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RetireCARootCommand.ProtoReflect.Descriptor instead.
 func (*RetireCARootCommand) Descriptor() ([]byte, []int) {
-	return file_meshca_v1_state_proto_rawDescGZIP(), []int{45}
+	return file_meshca_v1_state_proto_rawDescGZIP(), []int{46}
 }
 
 func (x *RetireCARootCommand) GetRootSha256() []byte {
@@ -4385,7 +4464,7 @@ type PutFederationCommand struct {
 
 func (x *PutFederationCommand) Reset() {
 	*x = PutFederationCommand{}
-	mi := &file_meshca_v1_state_proto_msgTypes[46]
+	mi := &file_meshca_v1_state_proto_msgTypes[47]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4397,7 +4476,7 @@ func (x *PutFederationCommand) String() string {
 func (*PutFederationCommand) ProtoMessage() {}
 
 func (x *PutFederationCommand) ProtoReflect() protoreflect.Message {
-	mi := &file_meshca_v1_state_proto_msgTypes[46]
+	mi := &file_meshca_v1_state_proto_msgTypes[47]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4410,7 +4489,7 @@ func (x *PutFederationCommand) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PutFederationCommand.ProtoReflect.Descriptor instead.
 func (*PutFederationCommand) Descriptor() ([]byte, []int) {
-	return file_meshca_v1_state_proto_rawDescGZIP(), []int{46}
+	return file_meshca_v1_state_proto_rawDescGZIP(), []int{47}
 }
 
 func (x *PutFederationCommand) GetFederation() *Federation {
@@ -4430,7 +4509,7 @@ type RemoveFederationCommand struct {
 
 func (x *RemoveFederationCommand) Reset() {
 	*x = RemoveFederationCommand{}
-	mi := &file_meshca_v1_state_proto_msgTypes[47]
+	mi := &file_meshca_v1_state_proto_msgTypes[48]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4442,7 +4521,7 @@ func (x *RemoveFederationCommand) String() string {
 func (*RemoveFederationCommand) ProtoMessage() {}
 
 func (x *RemoveFederationCommand) ProtoReflect() protoreflect.Message {
-	mi := &file_meshca_v1_state_proto_msgTypes[47]
+	mi := &file_meshca_v1_state_proto_msgTypes[48]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4455,7 +4534,7 @@ func (x *RemoveFederationCommand) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RemoveFederationCommand.ProtoReflect.Descriptor instead.
 func (*RemoveFederationCommand) Descriptor() ([]byte, []int) {
-	return file_meshca_v1_state_proto_rawDescGZIP(), []int{47}
+	return file_meshca_v1_state_proto_rawDescGZIP(), []int{48}
 }
 
 func (x *RemoveFederationCommand) GetTrustDomain() string {
@@ -4479,7 +4558,7 @@ type PruneCommand struct {
 
 func (x *PruneCommand) Reset() {
 	*x = PruneCommand{}
-	mi := &file_meshca_v1_state_proto_msgTypes[48]
+	mi := &file_meshca_v1_state_proto_msgTypes[49]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4491,7 +4570,7 @@ func (x *PruneCommand) String() string {
 func (*PruneCommand) ProtoMessage() {}
 
 func (x *PruneCommand) ProtoReflect() protoreflect.Message {
-	mi := &file_meshca_v1_state_proto_msgTypes[48]
+	mi := &file_meshca_v1_state_proto_msgTypes[49]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4504,7 +4583,7 @@ func (x *PruneCommand) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PruneCommand.ProtoReflect.Descriptor instead.
 func (*PruneCommand) Descriptor() ([]byte, []int) {
-	return file_meshca_v1_state_proto_rawDescGZIP(), []int{48}
+	return file_meshca_v1_state_proto_rawDescGZIP(), []int{49}
 }
 
 func (x *PruneCommand) GetCutoff() int64 {
@@ -4538,7 +4617,7 @@ type PruneResult struct {
 
 func (x *PruneResult) Reset() {
 	*x = PruneResult{}
-	mi := &file_meshca_v1_state_proto_msgTypes[49]
+	mi := &file_meshca_v1_state_proto_msgTypes[50]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4550,7 +4629,7 @@ func (x *PruneResult) String() string {
 func (*PruneResult) ProtoMessage() {}
 
 func (x *PruneResult) ProtoReflect() protoreflect.Message {
-	mi := &file_meshca_v1_state_proto_msgTypes[49]
+	mi := &file_meshca_v1_state_proto_msgTypes[50]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4563,7 +4642,7 @@ func (x *PruneResult) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PruneResult.ProtoReflect.Descriptor instead.
 func (*PruneResult) Descriptor() ([]byte, []int) {
-	return file_meshca_v1_state_proto_rawDescGZIP(), []int{49}
+	return file_meshca_v1_state_proto_rawDescGZIP(), []int{50}
 }
 
 func (x *PruneResult) GetCerts() uint64 {
@@ -4646,7 +4725,7 @@ type CommandResult struct {
 
 func (x *CommandResult) Reset() {
 	*x = CommandResult{}
-	mi := &file_meshca_v1_state_proto_msgTypes[50]
+	mi := &file_meshca_v1_state_proto_msgTypes[51]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4658,7 +4737,7 @@ func (x *CommandResult) String() string {
 func (*CommandResult) ProtoMessage() {}
 
 func (x *CommandResult) ProtoReflect() protoreflect.Message {
-	mi := &file_meshca_v1_state_proto_msgTypes[50]
+	mi := &file_meshca_v1_state_proto_msgTypes[51]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4671,7 +4750,7 @@ func (x *CommandResult) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CommandResult.ProtoReflect.Descriptor instead.
 func (*CommandResult) Descriptor() ([]byte, []int) {
-	return file_meshca_v1_state_proto_rawDescGZIP(), []int{50}
+	return file_meshca_v1_state_proto_rawDescGZIP(), []int{51}
 }
 
 func (x *CommandResult) GetCode() ResultCode {
@@ -4899,7 +4978,7 @@ type SnapshotHeader struct {
 
 func (x *SnapshotHeader) Reset() {
 	*x = SnapshotHeader{}
-	mi := &file_meshca_v1_state_proto_msgTypes[51]
+	mi := &file_meshca_v1_state_proto_msgTypes[52]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4911,7 +4990,7 @@ func (x *SnapshotHeader) String() string {
 func (*SnapshotHeader) ProtoMessage() {}
 
 func (x *SnapshotHeader) ProtoReflect() protoreflect.Message {
-	mi := &file_meshca_v1_state_proto_msgTypes[51]
+	mi := &file_meshca_v1_state_proto_msgTypes[52]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4924,7 +5003,7 @@ func (x *SnapshotHeader) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SnapshotHeader.ProtoReflect.Descriptor instead.
 func (*SnapshotHeader) Descriptor() ([]byte, []int) {
-	return file_meshca_v1_state_proto_rawDescGZIP(), []int{51}
+	return file_meshca_v1_state_proto_rawDescGZIP(), []int{52}
 }
 
 func (x *SnapshotHeader) GetFormat() uint32 {
@@ -4952,7 +5031,7 @@ type StateCounters struct {
 
 func (x *StateCounters) Reset() {
 	*x = StateCounters{}
-	mi := &file_meshca_v1_state_proto_msgTypes[52]
+	mi := &file_meshca_v1_state_proto_msgTypes[53]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4964,7 +5043,7 @@ func (x *StateCounters) String() string {
 func (*StateCounters) ProtoMessage() {}
 
 func (x *StateCounters) ProtoReflect() protoreflect.Message {
-	mi := &file_meshca_v1_state_proto_msgTypes[52]
+	mi := &file_meshca_v1_state_proto_msgTypes[53]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4977,7 +5056,7 @@ func (x *StateCounters) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StateCounters.ProtoReflect.Descriptor instead.
 func (*StateCounters) Descriptor() ([]byte, []int) {
-	return file_meshca_v1_state_proto_rawDescGZIP(), []int{52}
+	return file_meshca_v1_state_proto_rawDescGZIP(), []int{53}
 }
 
 func (x *StateCounters) GetNextEventIndex() uint64 {
@@ -5007,7 +5086,7 @@ type SnapshotTrailer struct {
 
 func (x *SnapshotTrailer) Reset() {
 	*x = SnapshotTrailer{}
-	mi := &file_meshca_v1_state_proto_msgTypes[53]
+	mi := &file_meshca_v1_state_proto_msgTypes[54]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5019,7 +5098,7 @@ func (x *SnapshotTrailer) String() string {
 func (*SnapshotTrailer) ProtoMessage() {}
 
 func (x *SnapshotTrailer) ProtoReflect() protoreflect.Message {
-	mi := &file_meshca_v1_state_proto_msgTypes[53]
+	mi := &file_meshca_v1_state_proto_msgTypes[54]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5032,7 +5111,7 @@ func (x *SnapshotTrailer) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SnapshotTrailer.ProtoReflect.Descriptor instead.
 func (*SnapshotTrailer) Descriptor() ([]byte, []int) {
-	return file_meshca_v1_state_proto_rawDescGZIP(), []int{53}
+	return file_meshca_v1_state_proto_rawDescGZIP(), []int{54}
 }
 
 func (x *SnapshotTrailer) GetRecords() uint64 {
@@ -5080,7 +5159,7 @@ type SnapshotRecord struct {
 
 func (x *SnapshotRecord) Reset() {
 	*x = SnapshotRecord{}
-	mi := &file_meshca_v1_state_proto_msgTypes[54]
+	mi := &file_meshca_v1_state_proto_msgTypes[55]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5092,7 +5171,7 @@ func (x *SnapshotRecord) String() string {
 func (*SnapshotRecord) ProtoMessage() {}
 
 func (x *SnapshotRecord) ProtoReflect() protoreflect.Message {
-	mi := &file_meshca_v1_state_proto_msgTypes[54]
+	mi := &file_meshca_v1_state_proto_msgTypes[55]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5105,7 +5184,7 @@ func (x *SnapshotRecord) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SnapshotRecord.ProtoReflect.Descriptor instead.
 func (*SnapshotRecord) Descriptor() ([]byte, []int) {
-	return file_meshca_v1_state_proto_rawDescGZIP(), []int{54}
+	return file_meshca_v1_state_proto_rawDescGZIP(), []int{55}
 }
 
 func (x *SnapshotRecord) GetRecord() isSnapshotRecord_Record {
@@ -5552,7 +5631,7 @@ const file_meshca_v1_state_proto_rawDesc = "" +
 	"\x0eCommandReceipt\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x1a\n" +
 	"\bsequence\x18\x02 \x01(\x04R\bsequence\x12\x16\n" +
-	"\x06result\x18\x03 \x01(\fR\x06result\"\xe1\x10\n" +
+	"\x06result\x18\x03 \x01(\fR\x06result\"\xbb\x11\n" +
 	"\aCommand\x12\x18\n" +
 	"\aversion\x18\x01 \x01(\rR\aversion\x12\x0e\n" +
 	"\x02id\x18\x02 \x01(\tR\x02id\x12\x12\n" +
@@ -5570,7 +5649,8 @@ const file_meshca_v1_state_proto_rawDesc = "" +
 	"\x13remove_launch_grant\x18\x11 \x01(\v2#.meshca.v1.RemoveLaunchGrantCommandH\x00R\x11removeLaunchGrant\x12B\n" +
 	"\fput_provider\x18\x12 \x01(\v2\x1d.meshca.v1.PutProviderCommandH\x00R\vputProvider\x12K\n" +
 	"\x0fdelete_provider\x18\x13 \x01(\v2 .meshca.v1.DeleteProviderCommandH\x00R\x0edeleteProvider\x12X\n" +
-	"\x14set_provider_enabled\x18\x14 \x01(\v2$.meshca.v1.SetProviderEnabledCommandH\x00R\x12setProviderEnabled\x12K\n" +
+	"\x14set_provider_enabled\x18\x14 \x01(\v2$.meshca.v1.SetProviderEnabledCommandH\x00R\x12setProviderEnabled\x12X\n" +
+	"\x14change_domain_admins\x18\x15 \x01(\v2$.meshca.v1.ChangeDomainAdminsCommandH\x00R\x12changeDomainAdmins\x12K\n" +
 	"\x0frecord_register\x18\x1e \x01(\v2 .meshca.v1.RecordRegisterCommandH\x00R\x0erecordRegister\x12H\n" +
 	"\x0erecord_refresh\x18\x1f \x01(\v2\x1f.meshca.v1.RecordRefreshCommandH\x00R\rrecordRefresh\x12E\n" +
 	"\rverify_extend\x18  \x01(\v2\x1e.meshca.v1.VerifyExtendCommandH\x00R\fverifyExtend\x122\n" +
@@ -5595,7 +5675,11 @@ const file_meshca_v1_state_proto_rawDesc = "" +
 	"\acommand\"e\n" +
 	"\x10PutDomainCommand\x12)\n" +
 	"\x06domain\x18\x01 \x01(\v2\x11.meshca.v1.DomainR\x06domain\x12&\n" +
-	"\x04mode\x18\x02 \x01(\x0e2\x12.meshca.v1.PutModeR\x04mode\")\n" +
+	"\x04mode\x18\x02 \x01(\x0e2\x12.meshca.v1.PutModeR\x04mode\"Y\n" +
+	"\x19ChangeDomainAdminsCommand\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12\x10\n" +
+	"\x03add\x18\x02 \x03(\tR\x03add\x12\x16\n" +
+	"\x06remove\x18\x03 \x03(\tR\x06remove\")\n" +
 	"\x13DeleteDomainCommand\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\"i\n" +
 	"\x11PutServiceCommand\x12,\n" +
@@ -5864,7 +5948,7 @@ func file_meshca_v1_state_proto_rawDescGZIP() []byte {
 }
 
 var file_meshca_v1_state_proto_enumTypes = make([]protoimpl.EnumInfo, 6)
-var file_meshca_v1_state_proto_msgTypes = make([]protoimpl.MessageInfo, 55)
+var file_meshca_v1_state_proto_msgTypes = make([]protoimpl.MessageInfo, 56)
 var file_meshca_v1_state_proto_goTypes = []any{
 	(Purpose)(0),                      // 0: meshca.v1.Purpose
 	(RevocationReason)(0),             // 1: meshca.v1.RevocationReason
@@ -5892,41 +5976,42 @@ var file_meshca_v1_state_proto_goTypes = []any{
 	(*CommandReceipt)(nil),            // 23: meshca.v1.CommandReceipt
 	(*Command)(nil),                   // 24: meshca.v1.Command
 	(*PutDomainCommand)(nil),          // 25: meshca.v1.PutDomainCommand
-	(*DeleteDomainCommand)(nil),       // 26: meshca.v1.DeleteDomainCommand
-	(*PutServiceCommand)(nil),         // 27: meshca.v1.PutServiceCommand
-	(*DeleteServiceCommand)(nil),      // 28: meshca.v1.DeleteServiceCommand
-	(*AddServiceKeyCommand)(nil),      // 29: meshca.v1.AddServiceKeyCommand
-	(*RemoveServiceKeyCommand)(nil),   // 30: meshca.v1.RemoveServiceKeyCommand
-	(*AddLaunchGrantCommand)(nil),     // 31: meshca.v1.AddLaunchGrantCommand
-	(*RemoveLaunchGrantCommand)(nil),  // 32: meshca.v1.RemoveLaunchGrantCommand
-	(*PutProviderCommand)(nil),        // 33: meshca.v1.PutProviderCommand
-	(*DeleteProviderCommand)(nil),     // 34: meshca.v1.DeleteProviderCommand
-	(*SetProviderEnabledCommand)(nil), // 35: meshca.v1.SetProviderEnabledCommand
-	(*RecordRegisterCommand)(nil),     // 36: meshca.v1.RecordRegisterCommand
-	(*RecordRefreshCommand)(nil),      // 37: meshca.v1.RecordRefreshCommand
-	(*VerifyExtendCommand)(nil),       // 38: meshca.v1.VerifyExtendCommand
-	(*InstanceRef)(nil),               // 39: meshca.v1.InstanceRef
-	(*RevokeCommand)(nil),             // 40: meshca.v1.RevokeCommand
-	(*IssueTokenCommand)(nil),         // 41: meshca.v1.IssueTokenCommand
-	(*ConsumeTokenCommand)(nil),       // 42: meshca.v1.ConsumeTokenCommand
-	(*UseNonceCommand)(nil),           // 43: meshca.v1.UseNonceCommand
-	(*SubmitCSRCommand)(nil),          // 44: meshca.v1.SubmitCSRCommand
-	(*ApproveCSRCommand)(nil),         // 45: meshca.v1.ApproveCSRCommand
-	(*DenyCSRCommand)(nil),            // 46: meshca.v1.DenyCSRCommand
-	(*RecordCSRIssuedCommand)(nil),    // 47: meshca.v1.RecordCSRIssuedCommand
-	(*SetCACommand)(nil),              // 48: meshca.v1.SetCACommand
-	(*PrepareCARotationCommand)(nil),  // 49: meshca.v1.PrepareCARotationCommand
-	(*ActivateCAIssuerCommand)(nil),   // 50: meshca.v1.ActivateCAIssuerCommand
-	(*RetireCARootCommand)(nil),       // 51: meshca.v1.RetireCARootCommand
-	(*PutFederationCommand)(nil),      // 52: meshca.v1.PutFederationCommand
-	(*RemoveFederationCommand)(nil),   // 53: meshca.v1.RemoveFederationCommand
-	(*PruneCommand)(nil),              // 54: meshca.v1.PruneCommand
-	(*PruneResult)(nil),               // 55: meshca.v1.PruneResult
-	(*CommandResult)(nil),             // 56: meshca.v1.CommandResult
-	(*SnapshotHeader)(nil),            // 57: meshca.v1.SnapshotHeader
-	(*StateCounters)(nil),             // 58: meshca.v1.StateCounters
-	(*SnapshotTrailer)(nil),           // 59: meshca.v1.SnapshotTrailer
-	(*SnapshotRecord)(nil),            // 60: meshca.v1.SnapshotRecord
+	(*ChangeDomainAdminsCommand)(nil), // 26: meshca.v1.ChangeDomainAdminsCommand
+	(*DeleteDomainCommand)(nil),       // 27: meshca.v1.DeleteDomainCommand
+	(*PutServiceCommand)(nil),         // 28: meshca.v1.PutServiceCommand
+	(*DeleteServiceCommand)(nil),      // 29: meshca.v1.DeleteServiceCommand
+	(*AddServiceKeyCommand)(nil),      // 30: meshca.v1.AddServiceKeyCommand
+	(*RemoveServiceKeyCommand)(nil),   // 31: meshca.v1.RemoveServiceKeyCommand
+	(*AddLaunchGrantCommand)(nil),     // 32: meshca.v1.AddLaunchGrantCommand
+	(*RemoveLaunchGrantCommand)(nil),  // 33: meshca.v1.RemoveLaunchGrantCommand
+	(*PutProviderCommand)(nil),        // 34: meshca.v1.PutProviderCommand
+	(*DeleteProviderCommand)(nil),     // 35: meshca.v1.DeleteProviderCommand
+	(*SetProviderEnabledCommand)(nil), // 36: meshca.v1.SetProviderEnabledCommand
+	(*RecordRegisterCommand)(nil),     // 37: meshca.v1.RecordRegisterCommand
+	(*RecordRefreshCommand)(nil),      // 38: meshca.v1.RecordRefreshCommand
+	(*VerifyExtendCommand)(nil),       // 39: meshca.v1.VerifyExtendCommand
+	(*InstanceRef)(nil),               // 40: meshca.v1.InstanceRef
+	(*RevokeCommand)(nil),             // 41: meshca.v1.RevokeCommand
+	(*IssueTokenCommand)(nil),         // 42: meshca.v1.IssueTokenCommand
+	(*ConsumeTokenCommand)(nil),       // 43: meshca.v1.ConsumeTokenCommand
+	(*UseNonceCommand)(nil),           // 44: meshca.v1.UseNonceCommand
+	(*SubmitCSRCommand)(nil),          // 45: meshca.v1.SubmitCSRCommand
+	(*ApproveCSRCommand)(nil),         // 46: meshca.v1.ApproveCSRCommand
+	(*DenyCSRCommand)(nil),            // 47: meshca.v1.DenyCSRCommand
+	(*RecordCSRIssuedCommand)(nil),    // 48: meshca.v1.RecordCSRIssuedCommand
+	(*SetCACommand)(nil),              // 49: meshca.v1.SetCACommand
+	(*PrepareCARotationCommand)(nil),  // 50: meshca.v1.PrepareCARotationCommand
+	(*ActivateCAIssuerCommand)(nil),   // 51: meshca.v1.ActivateCAIssuerCommand
+	(*RetireCARootCommand)(nil),       // 52: meshca.v1.RetireCARootCommand
+	(*PutFederationCommand)(nil),      // 53: meshca.v1.PutFederationCommand
+	(*RemoveFederationCommand)(nil),   // 54: meshca.v1.RemoveFederationCommand
+	(*PruneCommand)(nil),              // 55: meshca.v1.PruneCommand
+	(*PruneResult)(nil),               // 56: meshca.v1.PruneResult
+	(*CommandResult)(nil),             // 57: meshca.v1.CommandResult
+	(*SnapshotHeader)(nil),            // 58: meshca.v1.SnapshotHeader
+	(*StateCounters)(nil),             // 59: meshca.v1.StateCounters
+	(*SnapshotTrailer)(nil),           // 60: meshca.v1.SnapshotTrailer
+	(*SnapshotRecord)(nil),            // 61: meshca.v1.SnapshotRecord
 }
 var file_meshca_v1_state_proto_depIdxs = []int32{
 	7,  // 0: meshca.v1.Service.keys:type_name -> meshca.v1.ServiceKey
@@ -5939,86 +6024,87 @@ var file_meshca_v1_state_proto_depIdxs = []int32{
 	2,  // 7: meshca.v1.CSRRequest.state:type_name -> meshca.v1.CSRState
 	3,  // 8: meshca.v1.Event.kind:type_name -> meshca.v1.EventKind
 	25, // 9: meshca.v1.Command.put_domain:type_name -> meshca.v1.PutDomainCommand
-	26, // 10: meshca.v1.Command.delete_domain:type_name -> meshca.v1.DeleteDomainCommand
-	27, // 11: meshca.v1.Command.put_service:type_name -> meshca.v1.PutServiceCommand
-	28, // 12: meshca.v1.Command.delete_service:type_name -> meshca.v1.DeleteServiceCommand
-	29, // 13: meshca.v1.Command.add_service_key:type_name -> meshca.v1.AddServiceKeyCommand
-	30, // 14: meshca.v1.Command.remove_service_key:type_name -> meshca.v1.RemoveServiceKeyCommand
-	31, // 15: meshca.v1.Command.add_launch_grant:type_name -> meshca.v1.AddLaunchGrantCommand
-	32, // 16: meshca.v1.Command.remove_launch_grant:type_name -> meshca.v1.RemoveLaunchGrantCommand
-	33, // 17: meshca.v1.Command.put_provider:type_name -> meshca.v1.PutProviderCommand
-	34, // 18: meshca.v1.Command.delete_provider:type_name -> meshca.v1.DeleteProviderCommand
-	35, // 19: meshca.v1.Command.set_provider_enabled:type_name -> meshca.v1.SetProviderEnabledCommand
-	36, // 20: meshca.v1.Command.record_register:type_name -> meshca.v1.RecordRegisterCommand
-	37, // 21: meshca.v1.Command.record_refresh:type_name -> meshca.v1.RecordRefreshCommand
-	38, // 22: meshca.v1.Command.verify_extend:type_name -> meshca.v1.VerifyExtendCommand
-	40, // 23: meshca.v1.Command.revoke:type_name -> meshca.v1.RevokeCommand
-	41, // 24: meshca.v1.Command.issue_token:type_name -> meshca.v1.IssueTokenCommand
-	42, // 25: meshca.v1.Command.consume_token:type_name -> meshca.v1.ConsumeTokenCommand
-	43, // 26: meshca.v1.Command.use_nonce:type_name -> meshca.v1.UseNonceCommand
-	44, // 27: meshca.v1.Command.submit_csr:type_name -> meshca.v1.SubmitCSRCommand
-	45, // 28: meshca.v1.Command.approve_csr:type_name -> meshca.v1.ApproveCSRCommand
-	46, // 29: meshca.v1.Command.deny_csr:type_name -> meshca.v1.DenyCSRCommand
-	47, // 30: meshca.v1.Command.record_csr_issued:type_name -> meshca.v1.RecordCSRIssuedCommand
-	48, // 31: meshca.v1.Command.set_ca:type_name -> meshca.v1.SetCACommand
-	49, // 32: meshca.v1.Command.prepare_ca_rotation:type_name -> meshca.v1.PrepareCARotationCommand
-	50, // 33: meshca.v1.Command.activate_ca_issuer:type_name -> meshca.v1.ActivateCAIssuerCommand
-	51, // 34: meshca.v1.Command.retire_ca_root:type_name -> meshca.v1.RetireCARootCommand
-	52, // 35: meshca.v1.Command.put_federation:type_name -> meshca.v1.PutFederationCommand
-	53, // 36: meshca.v1.Command.remove_federation:type_name -> meshca.v1.RemoveFederationCommand
-	54, // 37: meshca.v1.Command.prune:type_name -> meshca.v1.PruneCommand
-	6,  // 38: meshca.v1.PutDomainCommand.domain:type_name -> meshca.v1.Domain
-	4,  // 39: meshca.v1.PutDomainCommand.mode:type_name -> meshca.v1.PutMode
-	8,  // 40: meshca.v1.PutServiceCommand.service:type_name -> meshca.v1.Service
-	4,  // 41: meshca.v1.PutServiceCommand.mode:type_name -> meshca.v1.PutMode
-	7,  // 42: meshca.v1.AddServiceKeyCommand.key:type_name -> meshca.v1.ServiceKey
-	9,  // 43: meshca.v1.PutProviderCommand.provider:type_name -> meshca.v1.Provider
-	4,  // 44: meshca.v1.PutProviderCommand.mode:type_name -> meshca.v1.PutMode
-	11, // 45: meshca.v1.RecordRegisterCommand.cert:type_name -> meshca.v1.Cert
-	11, // 46: meshca.v1.RecordRefreshCommand.cert:type_name -> meshca.v1.Cert
-	39, // 47: meshca.v1.RevokeCommand.instance:type_name -> meshca.v1.InstanceRef
-	1,  // 48: meshca.v1.RevokeCommand.reason:type_name -> meshca.v1.RevocationReason
-	19, // 49: meshca.v1.IssueTokenCommand.token:type_name -> meshca.v1.Token
-	11, // 50: meshca.v1.RecordCSRIssuedCommand.cert:type_name -> meshca.v1.Cert
-	15, // 51: meshca.v1.SetCACommand.active_issuer:type_name -> meshca.v1.Issuer
-	15, // 52: meshca.v1.PrepareCARotationCommand.next_issuer:type_name -> meshca.v1.Issuer
-	18, // 53: meshca.v1.PutFederationCommand.federation:type_name -> meshca.v1.Federation
-	5,  // 54: meshca.v1.CommandResult.code:type_name -> meshca.v1.ResultCode
-	6,  // 55: meshca.v1.CommandResult.domain:type_name -> meshca.v1.Domain
-	8,  // 56: meshca.v1.CommandResult.service:type_name -> meshca.v1.Service
-	9,  // 57: meshca.v1.CommandResult.provider:type_name -> meshca.v1.Provider
-	10, // 58: meshca.v1.CommandResult.instance:type_name -> meshca.v1.Instance
-	11, // 59: meshca.v1.CommandResult.cert:type_name -> meshca.v1.Cert
-	13, // 60: meshca.v1.CommandResult.revocation:type_name -> meshca.v1.Revocation
-	19, // 61: meshca.v1.CommandResult.token:type_name -> meshca.v1.Token
-	20, // 62: meshca.v1.CommandResult.nonce:type_name -> meshca.v1.Nonce
-	21, // 63: meshca.v1.CommandResult.csr_request:type_name -> meshca.v1.CSRRequest
-	16, // 64: meshca.v1.CommandResult.ca:type_name -> meshca.v1.CA
-	18, // 65: meshca.v1.CommandResult.federation:type_name -> meshca.v1.Federation
-	55, // 66: meshca.v1.CommandResult.prune:type_name -> meshca.v1.PruneResult
-	57, // 67: meshca.v1.SnapshotRecord.header:type_name -> meshca.v1.SnapshotHeader
-	58, // 68: meshca.v1.SnapshotRecord.counters:type_name -> meshca.v1.StateCounters
-	16, // 69: meshca.v1.SnapshotRecord.ca:type_name -> meshca.v1.CA
-	6,  // 70: meshca.v1.SnapshotRecord.domain:type_name -> meshca.v1.Domain
-	8,  // 71: meshca.v1.SnapshotRecord.service:type_name -> meshca.v1.Service
-	9,  // 72: meshca.v1.SnapshotRecord.provider:type_name -> meshca.v1.Provider
-	10, // 73: meshca.v1.SnapshotRecord.instance:type_name -> meshca.v1.Instance
-	11, // 74: meshca.v1.SnapshotRecord.cert:type_name -> meshca.v1.Cert
-	12, // 75: meshca.v1.SnapshotRecord.key_use:type_name -> meshca.v1.KeyUse
-	13, // 76: meshca.v1.SnapshotRecord.revocation:type_name -> meshca.v1.Revocation
-	17, // 77: meshca.v1.SnapshotRecord.issuer_use:type_name -> meshca.v1.IssuerUse
-	18, // 78: meshca.v1.SnapshotRecord.federation:type_name -> meshca.v1.Federation
-	19, // 79: meshca.v1.SnapshotRecord.token:type_name -> meshca.v1.Token
-	20, // 80: meshca.v1.SnapshotRecord.nonce:type_name -> meshca.v1.Nonce
-	21, // 81: meshca.v1.SnapshotRecord.csr_request:type_name -> meshca.v1.CSRRequest
-	22, // 82: meshca.v1.SnapshotRecord.event:type_name -> meshca.v1.Event
-	23, // 83: meshca.v1.SnapshotRecord.receipt:type_name -> meshca.v1.CommandReceipt
-	59, // 84: meshca.v1.SnapshotRecord.trailer:type_name -> meshca.v1.SnapshotTrailer
-	85, // [85:85] is the sub-list for method output_type
-	85, // [85:85] is the sub-list for method input_type
-	85, // [85:85] is the sub-list for extension type_name
-	85, // [85:85] is the sub-list for extension extendee
-	0,  // [0:85] is the sub-list for field type_name
+	27, // 10: meshca.v1.Command.delete_domain:type_name -> meshca.v1.DeleteDomainCommand
+	28, // 11: meshca.v1.Command.put_service:type_name -> meshca.v1.PutServiceCommand
+	29, // 12: meshca.v1.Command.delete_service:type_name -> meshca.v1.DeleteServiceCommand
+	30, // 13: meshca.v1.Command.add_service_key:type_name -> meshca.v1.AddServiceKeyCommand
+	31, // 14: meshca.v1.Command.remove_service_key:type_name -> meshca.v1.RemoveServiceKeyCommand
+	32, // 15: meshca.v1.Command.add_launch_grant:type_name -> meshca.v1.AddLaunchGrantCommand
+	33, // 16: meshca.v1.Command.remove_launch_grant:type_name -> meshca.v1.RemoveLaunchGrantCommand
+	34, // 17: meshca.v1.Command.put_provider:type_name -> meshca.v1.PutProviderCommand
+	35, // 18: meshca.v1.Command.delete_provider:type_name -> meshca.v1.DeleteProviderCommand
+	36, // 19: meshca.v1.Command.set_provider_enabled:type_name -> meshca.v1.SetProviderEnabledCommand
+	26, // 20: meshca.v1.Command.change_domain_admins:type_name -> meshca.v1.ChangeDomainAdminsCommand
+	37, // 21: meshca.v1.Command.record_register:type_name -> meshca.v1.RecordRegisterCommand
+	38, // 22: meshca.v1.Command.record_refresh:type_name -> meshca.v1.RecordRefreshCommand
+	39, // 23: meshca.v1.Command.verify_extend:type_name -> meshca.v1.VerifyExtendCommand
+	41, // 24: meshca.v1.Command.revoke:type_name -> meshca.v1.RevokeCommand
+	42, // 25: meshca.v1.Command.issue_token:type_name -> meshca.v1.IssueTokenCommand
+	43, // 26: meshca.v1.Command.consume_token:type_name -> meshca.v1.ConsumeTokenCommand
+	44, // 27: meshca.v1.Command.use_nonce:type_name -> meshca.v1.UseNonceCommand
+	45, // 28: meshca.v1.Command.submit_csr:type_name -> meshca.v1.SubmitCSRCommand
+	46, // 29: meshca.v1.Command.approve_csr:type_name -> meshca.v1.ApproveCSRCommand
+	47, // 30: meshca.v1.Command.deny_csr:type_name -> meshca.v1.DenyCSRCommand
+	48, // 31: meshca.v1.Command.record_csr_issued:type_name -> meshca.v1.RecordCSRIssuedCommand
+	49, // 32: meshca.v1.Command.set_ca:type_name -> meshca.v1.SetCACommand
+	50, // 33: meshca.v1.Command.prepare_ca_rotation:type_name -> meshca.v1.PrepareCARotationCommand
+	51, // 34: meshca.v1.Command.activate_ca_issuer:type_name -> meshca.v1.ActivateCAIssuerCommand
+	52, // 35: meshca.v1.Command.retire_ca_root:type_name -> meshca.v1.RetireCARootCommand
+	53, // 36: meshca.v1.Command.put_federation:type_name -> meshca.v1.PutFederationCommand
+	54, // 37: meshca.v1.Command.remove_federation:type_name -> meshca.v1.RemoveFederationCommand
+	55, // 38: meshca.v1.Command.prune:type_name -> meshca.v1.PruneCommand
+	6,  // 39: meshca.v1.PutDomainCommand.domain:type_name -> meshca.v1.Domain
+	4,  // 40: meshca.v1.PutDomainCommand.mode:type_name -> meshca.v1.PutMode
+	8,  // 41: meshca.v1.PutServiceCommand.service:type_name -> meshca.v1.Service
+	4,  // 42: meshca.v1.PutServiceCommand.mode:type_name -> meshca.v1.PutMode
+	7,  // 43: meshca.v1.AddServiceKeyCommand.key:type_name -> meshca.v1.ServiceKey
+	9,  // 44: meshca.v1.PutProviderCommand.provider:type_name -> meshca.v1.Provider
+	4,  // 45: meshca.v1.PutProviderCommand.mode:type_name -> meshca.v1.PutMode
+	11, // 46: meshca.v1.RecordRegisterCommand.cert:type_name -> meshca.v1.Cert
+	11, // 47: meshca.v1.RecordRefreshCommand.cert:type_name -> meshca.v1.Cert
+	40, // 48: meshca.v1.RevokeCommand.instance:type_name -> meshca.v1.InstanceRef
+	1,  // 49: meshca.v1.RevokeCommand.reason:type_name -> meshca.v1.RevocationReason
+	19, // 50: meshca.v1.IssueTokenCommand.token:type_name -> meshca.v1.Token
+	11, // 51: meshca.v1.RecordCSRIssuedCommand.cert:type_name -> meshca.v1.Cert
+	15, // 52: meshca.v1.SetCACommand.active_issuer:type_name -> meshca.v1.Issuer
+	15, // 53: meshca.v1.PrepareCARotationCommand.next_issuer:type_name -> meshca.v1.Issuer
+	18, // 54: meshca.v1.PutFederationCommand.federation:type_name -> meshca.v1.Federation
+	5,  // 55: meshca.v1.CommandResult.code:type_name -> meshca.v1.ResultCode
+	6,  // 56: meshca.v1.CommandResult.domain:type_name -> meshca.v1.Domain
+	8,  // 57: meshca.v1.CommandResult.service:type_name -> meshca.v1.Service
+	9,  // 58: meshca.v1.CommandResult.provider:type_name -> meshca.v1.Provider
+	10, // 59: meshca.v1.CommandResult.instance:type_name -> meshca.v1.Instance
+	11, // 60: meshca.v1.CommandResult.cert:type_name -> meshca.v1.Cert
+	13, // 61: meshca.v1.CommandResult.revocation:type_name -> meshca.v1.Revocation
+	19, // 62: meshca.v1.CommandResult.token:type_name -> meshca.v1.Token
+	20, // 63: meshca.v1.CommandResult.nonce:type_name -> meshca.v1.Nonce
+	21, // 64: meshca.v1.CommandResult.csr_request:type_name -> meshca.v1.CSRRequest
+	16, // 65: meshca.v1.CommandResult.ca:type_name -> meshca.v1.CA
+	18, // 66: meshca.v1.CommandResult.federation:type_name -> meshca.v1.Federation
+	56, // 67: meshca.v1.CommandResult.prune:type_name -> meshca.v1.PruneResult
+	58, // 68: meshca.v1.SnapshotRecord.header:type_name -> meshca.v1.SnapshotHeader
+	59, // 69: meshca.v1.SnapshotRecord.counters:type_name -> meshca.v1.StateCounters
+	16, // 70: meshca.v1.SnapshotRecord.ca:type_name -> meshca.v1.CA
+	6,  // 71: meshca.v1.SnapshotRecord.domain:type_name -> meshca.v1.Domain
+	8,  // 72: meshca.v1.SnapshotRecord.service:type_name -> meshca.v1.Service
+	9,  // 73: meshca.v1.SnapshotRecord.provider:type_name -> meshca.v1.Provider
+	10, // 74: meshca.v1.SnapshotRecord.instance:type_name -> meshca.v1.Instance
+	11, // 75: meshca.v1.SnapshotRecord.cert:type_name -> meshca.v1.Cert
+	12, // 76: meshca.v1.SnapshotRecord.key_use:type_name -> meshca.v1.KeyUse
+	13, // 77: meshca.v1.SnapshotRecord.revocation:type_name -> meshca.v1.Revocation
+	17, // 78: meshca.v1.SnapshotRecord.issuer_use:type_name -> meshca.v1.IssuerUse
+	18, // 79: meshca.v1.SnapshotRecord.federation:type_name -> meshca.v1.Federation
+	19, // 80: meshca.v1.SnapshotRecord.token:type_name -> meshca.v1.Token
+	20, // 81: meshca.v1.SnapshotRecord.nonce:type_name -> meshca.v1.Nonce
+	21, // 82: meshca.v1.SnapshotRecord.csr_request:type_name -> meshca.v1.CSRRequest
+	22, // 83: meshca.v1.SnapshotRecord.event:type_name -> meshca.v1.Event
+	23, // 84: meshca.v1.SnapshotRecord.receipt:type_name -> meshca.v1.CommandReceipt
+	60, // 85: meshca.v1.SnapshotRecord.trailer:type_name -> meshca.v1.SnapshotTrailer
+	86, // [86:86] is the sub-list for method output_type
+	86, // [86:86] is the sub-list for method input_type
+	86, // [86:86] is the sub-list for extension type_name
+	86, // [86:86] is the sub-list for extension extendee
+	0,  // [0:86] is the sub-list for field type_name
 }
 
 func init() { file_meshca_v1_state_proto_init() }
@@ -6042,6 +6128,7 @@ func file_meshca_v1_state_proto_init() {
 		(*Command_PutProvider)(nil),
 		(*Command_DeleteProvider)(nil),
 		(*Command_SetProviderEnabled)(nil),
+		(*Command_ChangeDomainAdmins)(nil),
 		(*Command_RecordRegister)(nil),
 		(*Command_RecordRefresh)(nil),
 		(*Command_VerifyExtend)(nil),
@@ -6061,11 +6148,11 @@ func file_meshca_v1_state_proto_init() {
 		(*Command_RemoveFederation)(nil),
 		(*Command_Prune)(nil),
 	}
-	file_meshca_v1_state_proto_msgTypes[34].OneofWrappers = []any{
+	file_meshca_v1_state_proto_msgTypes[35].OneofWrappers = []any{
 		(*RevokeCommand_Instance)(nil),
 		(*RevokeCommand_Serial)(nil),
 	}
-	file_meshca_v1_state_proto_msgTypes[50].OneofWrappers = []any{
+	file_meshca_v1_state_proto_msgTypes[51].OneofWrappers = []any{
 		(*CommandResult_Domain)(nil),
 		(*CommandResult_Service)(nil),
 		(*CommandResult_Provider)(nil),
@@ -6079,7 +6166,7 @@ func file_meshca_v1_state_proto_init() {
 		(*CommandResult_Federation)(nil),
 		(*CommandResult_Prune)(nil),
 	}
-	file_meshca_v1_state_proto_msgTypes[54].OneofWrappers = []any{
+	file_meshca_v1_state_proto_msgTypes[55].OneofWrappers = []any{
 		(*SnapshotRecord_Header)(nil),
 		(*SnapshotRecord_Counters)(nil),
 		(*SnapshotRecord_Ca)(nil),
@@ -6105,7 +6192,7 @@ func file_meshca_v1_state_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_meshca_v1_state_proto_rawDesc), len(file_meshca_v1_state_proto_rawDesc)),
 			NumEnums:      6,
-			NumMessages:   55,
+			NumMessages:   56,
 			NumExtensions: 0,
 			NumServices:   0,
 		},
