@@ -12,7 +12,6 @@ import (
 	"time"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
-	"go.yaml.in/yaml/v3"
 
 	"github.com/meshca/meshca/ca/signer"
 	"github.com/meshca/meshca/internal/strictyaml"
@@ -180,42 +179,16 @@ type PruneConfig struct {
 	Grace Duration `yaml:"grace"`
 }
 
-// Duration is a time.Duration written in YAML as "24h", "90s". A value that does not parse is
-// kept and reported by Validate with the field's name.
-type Duration struct {
-	d   time.Duration
-	raw string
-	bad bool
-}
-
-// UnmarshalYAML reads a Go duration string.
-func (d *Duration) UnmarshalYAML(n *yaml.Node) error {
-	var s string
-	if err := n.Decode(&s); err != nil {
-		return fmt.Errorf("line %d: want a duration like \"24h\": %w", n.Line, err)
-	}
-	v, err := time.ParseDuration(s)
-	*d = Duration{d: v, raw: s, bad: err != nil || v < 0}
-	return nil
-}
-
-// MarshalYAML writes the duration as it was read, or in Go's notation.
-func (d Duration) MarshalYAML() (any, error) {
-	if d.raw != "" {
-		return d.raw, nil
-	}
-	return d.d.String(), nil
-}
-
-// D returns the value as a time.Duration.
-func (d Duration) D() time.Duration { return d.d }
+// Duration is a time.Duration written in YAML as "24h", "90s"; see strictyaml.Duration.
+type Duration = strictyaml.Duration
 
 // NewDuration makes a Duration from a time.Duration.
-func NewDuration(v time.Duration) Duration { return Duration{d: v} }
+func NewDuration(v time.Duration) Duration { return strictyaml.NewDuration(v) }
 
-func (d Duration) check(field string) error {
-	if d.bad {
-		return fmt.Errorf("%w: %s: %q is not a non-negative duration like \"24h\" or \"90s\"", ErrConfig, field, d.raw)
+// checkDuration reports a duration field that did not parse, as an ErrConfig.
+func checkDuration(d Duration, field string) error {
+	if err := d.Check(field); err != nil {
+		return fmt.Errorf("%w: %w", ErrConfig, err)
 	}
 	return nil
 }
@@ -257,16 +230,16 @@ func (c *Config) setDefaults() {
 	if c.CA.KeyType == "" {
 		c.CA.KeyType = "ecdsa-p256"
 	}
-	if c.CA.WorkloadTTL.d == 0 && !c.CA.WorkloadTTL.bad {
+	if c.CA.WorkloadTTL.Zero() {
 		c.CA.WorkloadTTL = NewDuration(24 * time.Hour)
 	}
-	if c.CA.MaxWorkloadTTL.d == 0 && !c.CA.MaxWorkloadTTL.bad {
+	if c.CA.MaxWorkloadTTL.Zero() {
 		c.CA.MaxWorkloadTTL = NewDuration(30 * 24 * time.Hour)
 	}
-	if c.Prune.Interval.d == 0 && !c.Prune.Interval.bad {
+	if c.Prune.Interval.Zero() {
 		c.Prune.Interval = NewDuration(10 * time.Minute)
 	}
-	if c.Prune.Grace.d == 0 && !c.Prune.Grace.bad {
+	if c.Prune.Grace.Zero() {
 		c.Prune.Grace = NewDuration(time.Hour)
 	}
 	if c.Listen.ClusterAdvertise == "" {
@@ -287,13 +260,13 @@ func (c *Config) setDefaults() {
 	if c.Limits.MaxStreamsPerCaller == 0 {
 		c.Limits.MaxStreamsPerCaller = 16
 	}
-	if c.Limits.ProviderTimeout.d == 0 && !c.Limits.ProviderTimeout.bad {
+	if c.Limits.ProviderTimeout.Zero() {
 		c.Limits.ProviderTimeout = NewDuration(5 * time.Second)
 	}
-	if c.Limits.ReadHeaderTimeout.d == 0 && !c.Limits.ReadHeaderTimeout.bad {
+	if c.Limits.ReadHeaderTimeout.Zero() {
 		c.Limits.ReadHeaderTimeout = NewDuration(5 * time.Second)
 	}
-	if c.CA.NodeCertTTL.d == 0 && !c.CA.NodeCertTTL.bad {
+	if c.CA.NodeCertTTL.Zero() {
 		c.CA.NodeCertTTL = NewDuration(24 * time.Hour)
 	}
 }
@@ -370,7 +343,7 @@ func (c *Config) Validate() error {
 		{"limits.read_header_timeout", c.Limits.ReadHeaderTimeout},
 		{"prune.interval", c.Prune.Interval}, {"prune.grace", c.Prune.Grace},
 	} {
-		if err := d.d.check(d.field); err != nil {
+		if err := checkDuration(d.d, d.field); err != nil {
 			return err
 		}
 	}

@@ -14,7 +14,6 @@ import (
 	"time"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
-	"go.yaml.in/yaml/v3"
 
 	"github.com/meshca/meshca/ca/policy"
 	"github.com/meshca/meshca/ca/signer"
@@ -161,38 +160,16 @@ type ServiceKeyConfig struct {
 	KeyVersion string `yaml:"key_version"`
 }
 
-// Duration is a time.Duration written in YAML as "24h" or "90s". A value that does not parse is
-// kept and reported by Validate with the field's name.
-type Duration struct {
-	d   time.Duration
-	raw string
-	bad bool
-}
-
-// UnmarshalYAML reads a Go duration string.
-func (d *Duration) UnmarshalYAML(n *yaml.Node) error {
-	var s string
-	if err := n.Decode(&s); err != nil {
-		return fmt.Errorf("line %d: want a duration like \"24h\": %w", n.Line, err)
-	}
-	v, err := time.ParseDuration(s)
-	*d = Duration{d: v, raw: s, bad: err != nil || v < 0}
-	return nil
-}
-
-// MarshalYAML writes the duration as a Go duration string, so a Config written with
-// yaml.Marshal (by a tool that generates agent configs) decodes to the same values.
-func (d Duration) MarshalYAML() (any, error) { return d.d.String(), nil }
-
-// D returns the value as a time.Duration.
-func (d Duration) D() time.Duration { return d.d }
+// Duration is a time.Duration written in YAML as "24h", "90s"; see strictyaml.Duration.
+type Duration = strictyaml.Duration
 
 // NewDuration makes a Duration from a time.Duration.
-func NewDuration(v time.Duration) Duration { return Duration{d: v} }
+func NewDuration(v time.Duration) Duration { return strictyaml.NewDuration(v) }
 
-func (d Duration) check(field string) error {
-	if d.bad {
-		return fmt.Errorf("%w: %s: %q is not a non-negative duration like \"24h\" or \"90s\"", ErrConfig, field, d.raw)
+// checkDuration reports a duration field that did not parse, as an ErrConfig.
+func checkDuration(d Duration, field string) error {
+	if err := d.Check(field); err != nil {
+		return fmt.Errorf("%w: %w", ErrConfig, err)
 	}
 	return nil
 }
@@ -239,17 +216,17 @@ func (c *Config) SetDefaults() {
 		j := DefaultRefreshJitter
 		c.Refresh.Jitter = &j
 	}
-	if c.Refresh.BackoffInitial.d == 0 && !c.Refresh.BackoffInitial.bad {
+	if c.Refresh.BackoffInitial.Zero() {
 		c.Refresh.BackoffInitial = NewDuration(DefaultBackoffInitial)
 	}
-	if c.Refresh.BackoffMax.d == 0 && !c.Refresh.BackoffMax.bad {
+	if c.Refresh.BackoffMax.Zero() {
 		c.Refresh.BackoffMax = NewDuration(DefaultBackoffMax)
 	}
-	if c.Refresh.RPCTimeout.d == 0 && !c.Refresh.RPCTimeout.bad {
+	if c.Refresh.RPCTimeout.Zero() {
 		c.Refresh.RPCTimeout = NewDuration(DefaultRPCTimeout)
 	}
 	// Only a value left out gets the default: "0s" in the file means no jitter.
-	if j := c.Refresh.ReissueJitter; j.d == 0 && j.raw == "" && !j.bad {
+	if c.Refresh.ReissueJitter.Unset() {
 		c.Refresh.ReissueJitter = NewDuration(DefaultReissueJitter)
 	}
 	for i := range c.Identities {
@@ -264,7 +241,7 @@ func (c *Config) SetDefaults() {
 		if a.Provider == "" && (a.ServiceKey != nil || a.RegisterTokenFile != "") {
 			a.Provider = BuiltinProvider
 		}
-		if d := a.IdentityDocument; d != nil && d.Timeout.d == 0 && !d.Timeout.bad {
+		if d := a.IdentityDocument; d != nil && d.Timeout.Zero() {
 			d.Timeout = NewDuration(DefaultCommandTimeout)
 		}
 	}
@@ -325,14 +302,14 @@ func (c *Config) Validate() error {
 	if _, err := signer.ParseKeyType(c.KeyType); err != nil {
 		return bad("key_type", "%v", err)
 	}
-	if err := c.TTL.check("ttl"); err != nil {
+	if err := checkDuration(c.TTL, "ttl"); err != nil {
 		return err
 	}
-	if c.TTL.d > policy.MaxWorkloadTTL {
-		return bad("ttl", "%s exceeds the longest workload lifetime %s", c.TTL.d, policy.MaxWorkloadTTL)
+	if c.TTL.D() > policy.MaxWorkloadTTL {
+		return bad("ttl", "%s exceeds the longest workload lifetime %s", c.TTL.D(), policy.MaxWorkloadTTL)
 	}
-	if c.TTL.d != 0 && c.TTL.d < 2*time.Second {
-		return bad("ttl", "%s is shorter than 2s", c.TTL.d)
+	if c.TTL.D() != 0 && c.TTL.D() < 2*time.Second {
+		return bad("ttl", "%s is shorter than 2s", c.TTL.D())
 	}
 	if err := c.Refresh.validate(bad); err != nil {
 		return err
@@ -400,21 +377,21 @@ func (r *RefreshConfig) validate(bad func(string, string, ...any) error) error {
 		field string
 		v     Duration
 	}{{"refresh.backoff_initial", r.BackoffInitial}, {"refresh.backoff_max", r.BackoffMax}, {"refresh.rpc_timeout", r.RPCTimeout}} {
-		if err := d.v.check(d.field); err != nil {
+		if err := checkDuration(d.v, d.field); err != nil {
 			return err
 		}
-		if d.v.d <= 0 {
+		if d.v.D() <= 0 {
 			return bad(d.field, "must be positive")
 		}
 	}
-	if err := r.ReissueJitter.check("refresh.reissue_jitter"); err != nil {
+	if err := checkDuration(r.ReissueJitter, "refresh.reissue_jitter"); err != nil {
 		return err
 	}
-	if j := r.ReissueJitter.d; j < 0 || j > MaxReissueJitter {
+	if j := r.ReissueJitter.D(); j < 0 || j > MaxReissueJitter {
 		return bad("refresh.reissue_jitter", "%s must be between 0s and %s", j, MaxReissueJitter)
 	}
-	if r.BackoffMax.d < r.BackoffInitial.d {
-		return bad("refresh.backoff_max", "%s is shorter than backoff_initial %s", r.BackoffMax.d, r.BackoffInitial.d)
+	if r.BackoffMax.D() < r.BackoffInitial.D() {
+		return bad("refresh.backoff_max", "%s is shorter than backoff_initial %s", r.BackoffMax.D(), r.BackoffInitial.D())
 	}
 	return nil
 }
@@ -491,7 +468,7 @@ func (a *AttestationConfig) validate(field string) error {
 		if len(d.Command) > 0 && d.Command[0] == "" {
 			return bad(field+".identity_document.command", "the program (first element) must not be empty")
 		}
-		if err := d.Timeout.check(field + ".identity_document.timeout"); err != nil {
+		if err := checkDuration(d.Timeout, field+".identity_document.timeout"); err != nil {
 			return err
 		}
 	case a.ServiceKey != nil:
