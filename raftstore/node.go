@@ -50,6 +50,10 @@ const (
 	ALPNGRPC = "h2"
 )
 
+// logCacheEntries is how many of the newest log entries a node keeps in memory (a few
+// AppendEntries' worth at the default MaxAppendEntries).
+const logCacheEntries = 2048
+
 // Peer is a member of the initial Raft configuration.
 type Peer struct {
 	// ID is the node id, the last segment of its SPIFFE ID.
@@ -408,7 +412,13 @@ func NewNode(cfg NodeConfig, fsm raft.FSM) (_ *Node, err error) {
 		}
 	}
 
-	r, err := raft.NewRaft(rc, fsm, n.logStore, n.logStore, snaps, n.transport)
+	// Recent entries are kept in memory: the leader reads each entry back to replicate it, and
+	// from the cache that costs no read from the segment files.
+	logs, err := raft.NewLogCache(logCacheEntries, n.logStore)
+	if err != nil {
+		return nil, fmt.Errorf("raftstore: log cache: %w", err)
+	}
+	r, err := raft.NewRaft(rc, fsm, logs, n.logStore, snaps, n.transport)
 	if err != nil {
 		return nil, fmt.Errorf("raftstore: start raft: %w", err)
 	}

@@ -24,8 +24,9 @@ import (
 //
 //   - store/leader, store/follower: our Node over the mutual-TLS transport, the real FSM,
 //     proposals made on the leader or on a follower (forwarded over the internal gRPC service);
-//   - raw/leader: hashicorp/raft alone with the same log store, configuration and commands,
-//     plain TCP transport and a no-op FSM: the ceiling our layers are compared with.
+//   - raw/leader: hashicorp/raft alone with the same log store (and in-memory cache of recent
+//     entries), configuration and commands, plain TCP transport and a no-op FSM: the ceiling
+//     our layers are compared with.
 //
 // Each reports commands/s and the p50/p99 latency of one proposal at concurrency 1, 16, 64.
 // The commands are the issuance mix: per instance one RecordRegister then three
@@ -292,7 +293,11 @@ func newRawRaftCluster(b *testing.B) *rawRaftCluster {
 		if err := raft.BootstrapCluster(rc, w, w, snaps, trans[i], raft.Configuration{Servers: servers}); err != nil {
 			b.Fatal(err)
 		}
-		r, err := raft.NewRaft(rc, noopFSM{}, w, w, snaps, trans[i])
+		logs, err := raft.NewLogCache(logCacheEntries, w) // as a Node keeps them
+		if err != nil {
+			b.Fatal(err)
+		}
+		r, err := raft.NewRaft(rc, noopFSM{}, logs, w, snaps, trans[i])
 		if err != nil {
 			b.Fatal(err)
 		}
