@@ -2,27 +2,19 @@ package controlplane
 
 import (
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
-	"crypto/tls"
 	"crypto/x509"
-	"crypto/x509/pkix"
-	"math/big"
-	"net"
-	"net/http/httptest"
 	"sync"
 	"testing"
 	"time"
 
 	"github.com/spiffe/go-spiffe/v2/bundle/spiffebundle"
-	"github.com/spiffe/go-spiffe/v2/federation"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"google.golang.org/grpc/codes"
 
 	meshcav1 "github.com/meshca/meshca/api/meshca/v1"
 	"github.com/meshca/meshca/ca"
 	"github.com/meshca/meshca/ca/signer"
+	"github.com/meshca/meshca/internal/bundletest"
 )
 
 var peerTD = spiffeid.RequireTrustDomainFromString("peer.test")
@@ -228,52 +220,6 @@ func TestFederationAPIRefusals(t *testing.T) {
 	}
 }
 
-// privateEndpoint serves the peer's SPIFFE bundle over HTTPS with a certificate for 127.0.0.1
-// from a CA of its own, which no system trusts; it returns the URL and that CA in PEM.
-func privateEndpoint(t *testing.T, b *spiffebundle.Bundle) (string, []byte) {
-	t.Helper()
-	caKey, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	now := time.Now()
-	caTmpl := &x509.Certificate{
-		SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "peer endpoint CA"},
-		NotBefore: now.Add(-time.Minute), NotAfter: now.Add(time.Hour),
-		KeyUsage: x509.KeyUsageCertSign, BasicConstraintsValid: true, IsCA: true,
-	}
-	caDER, err := x509.CreateCertificate(rand.Reader, caTmpl, caTmpl, caKey.Public(), caKey)
-	if err != nil {
-		t.Fatal(err)
-	}
-	caCert, err := x509.ParseCertificate(caDER)
-	if err != nil {
-		t.Fatal(err)
-	}
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	der, err := x509.CreateCertificate(rand.Reader, &x509.Certificate{
-		SerialNumber: big.NewInt(2), Subject: pkix.Name{CommonName: "127.0.0.1"},
-		NotBefore: now.Add(-time.Minute), NotAfter: now.Add(time.Hour),
-		KeyUsage: x509.KeyUsageDigitalSignature, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
-		IPAddresses: []net.IP{net.IPv4(127, 0, 0, 1)},
-	}, caCert, key.Public(), caKey)
-	if err != nil {
-		t.Fatal(err)
-	}
-	h, err := federation.NewHandler(peerTD, b)
-	if err != nil {
-		t.Fatal(err)
-	}
-	srv := httptest.NewUnstartedServer(h)
-	srv.TLS = &tls.Config{Certificates: []tls.Certificate{{Certificate: [][]byte{der}, PrivateKey: key}}, MinVersion: tls.VersionTLS12}
-	srv.StartTLS()
-	t.Cleanup(srv.Close)
-	return srv.URL + "/bundle", ca.EncodeCertificatesPEM(caDER)
-}
-
 // A web-PKI bundle endpoint under a private CA: without endpoint_ca the node refuses it
 // (the system roots do not know that CA), with it the bundle is fetched, and the CA is kept
 // in the replicated record so later refreshes trust only it.
@@ -281,13 +227,13 @@ func TestFederationEndpointUnderItsOwnCA(t *testing.T) {
 	e := newAdminEnv(t)
 	root := meshcav1.NewFederationAdminClient(dial(t, e.s.GRPCAddr(), e.roots, e.clientCert(rootAdmin)))
 	peer := peerRoot(t)
-	url, endpointCA := privateEndpoint(t, peerBundle(t, time.Minute, 7, peer))
+	url, endpointCA := bundletest.ServeUnderPrivateCA(t, peerTD, peerBundle(t, time.Minute, 7, peer))
 
 	_, err := root.AddFederation(e.ctx(), &meshcav1.AddFederationRequest{TrustDomain: peerTD.Name(), Endpoint: url})
 	wantStatus(t, err, codes.Unavailable, "bundle fetch failed", "web PKI with the system roots", "set endpoint_ca", "certificate signed by unknown authority")
 
 	// Another CA than the endpoint's is no better than the system roots.
-	_, otherCA := privateEndpoint(t, peerBundle(t, time.Minute, 1, peer))
+	_, otherCA := bundletest.ServeUnderPrivateCA(t, peerTD, peerBundle(t, time.Minute, 1, peer))
 	_, err = root.AddFederation(e.ctx(), &meshcav1.AddFederationRequest{TrustDomain: peerTD.Name(), Endpoint: url, EndpointCa: otherCA})
 	wantStatus(t, err, codes.Unavailable, "web PKI with endpoint_ca only", "certificate signed by unknown authority")
 

@@ -1,16 +1,8 @@
 package main
 
 import (
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
-	"crypto/tls"
 	"crypto/x509"
-	"crypto/x509/pkix"
 	"fmt"
-	"math/big"
-	"net"
-	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"strings"
@@ -19,11 +11,11 @@ import (
 
 	"github.com/spiffe/go-spiffe/v2/bundle/spiffebundle"
 	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
-	"github.com/spiffe/go-spiffe/v2/federation"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
 	"github.com/meshca/meshca/ca"
 	"github.com/meshca/meshca/ca/signer"
+	"github.com/meshca/meshca/internal/bundletest"
 	"github.com/meshca/meshca/internal/clustertest"
 )
 
@@ -49,7 +41,7 @@ func TestFederationEndpointCA(t *testing.T) {
 	peerBundle := spiffebundle.FromX509Authorities(peerTD, []*x509.Certificate{peerCA.Certificate()})
 	peerBundle.SetRefreshHint(time.Minute)
 	peerBundle.SetSequenceNumber(3)
-	url, caPEM := serveBundleUnderPrivateCA(t, peerTD, peerBundle)
+	url, caPEM := bundletest.ServeUnderPrivateCA(t, peerTD, peerBundle)
 	caFile := filepath.Join(t.TempDir(), "endpoint-ca.pem")
 	if err := os.WriteFile(caFile, caPEM, 0o644); err != nil {
 		t.Fatal(err)
@@ -74,50 +66,4 @@ func TestFederationEndpointCA(t *testing.T) {
 	if out := viaLeader.meshctl(t, "federation", "refresh", peerTD.Name()); !strings.Contains(out, "web PKI (endpoint CA)") {
 		t.Fatalf("federation refresh through the leader printed %q", out)
 	}
-}
-
-// serveBundleUnderPrivateCA serves b at a SPIFFE bundle endpoint over HTTPS whose certificate,
-// for 127.0.0.1, is issued by a CA of its own; it returns the endpoint URL and that CA in PEM.
-func serveBundleUnderPrivateCA(t *testing.T, td spiffeid.TrustDomain, b *spiffebundle.Bundle) (string, []byte) {
-	t.Helper()
-	caKey, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	now := time.Now()
-	caTmpl := &x509.Certificate{
-		SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "bundle endpoint CA"},
-		NotBefore: now.Add(-time.Minute), NotAfter: now.Add(time.Hour),
-		KeyUsage: x509.KeyUsageCertSign, BasicConstraintsValid: true, IsCA: true,
-	}
-	caDER, err := x509.CreateCertificate(rand.Reader, caTmpl, caTmpl, caKey.Public(), caKey)
-	if err != nil {
-		t.Fatal(err)
-	}
-	caCert, err := x509.ParseCertificate(caDER)
-	if err != nil {
-		t.Fatal(err)
-	}
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	der, err := x509.CreateCertificate(rand.Reader, &x509.Certificate{
-		SerialNumber: big.NewInt(2), Subject: pkix.Name{CommonName: "127.0.0.1"},
-		NotBefore: now.Add(-time.Minute), NotAfter: now.Add(time.Hour),
-		KeyUsage: x509.KeyUsageDigitalSignature, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
-		IPAddresses: []net.IP{net.IPv4(127, 0, 0, 1)},
-	}, caCert, key.Public(), caKey)
-	if err != nil {
-		t.Fatal(err)
-	}
-	h, err := federation.NewHandler(td, b)
-	if err != nil {
-		t.Fatal(err)
-	}
-	srv := httptest.NewUnstartedServer(h)
-	srv.TLS = &tls.Config{Certificates: []tls.Certificate{{Certificate: [][]byte{der}, PrivateKey: key}}, MinVersion: tls.VersionTLS12}
-	srv.StartTLS()
-	t.Cleanup(srv.Close)
-	return srv.URL + "/bundle", ca.EncodeCertificatesPEM(caDER)
 }
