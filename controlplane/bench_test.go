@@ -11,6 +11,7 @@ import (
 	"encoding/pem"
 	"fmt"
 	"math/big"
+	"os"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -97,11 +98,21 @@ func (m *serverCPU) read(b *testing.B) (leader, servers float64) {
 	return leader, servers
 }
 
-// start reads the counters before the calls.
-func (m *serverCPU) start(b *testing.B) { m.leader0, m.servers0 = m.read(b) }
+// start reads the counters before the calls and, when controlplane.CPUProfileEnv is set,
+// starts a CPU profile of the leader.
+func (m *serverCPU) start(b *testing.B) {
+	m.leader0, m.servers0 = m.read(b)
+	if os.Getenv(controlplane.CPUProfileEnv) != "" {
+		m.c.Signal(m.leader, syscall.SIGUSR1)
+	}
+}
 
-// report reads them after the calls and reports the CPU time per call.
+// report reads them after the calls and reports the CPU time per call, and writes the
+// leader's profile.
 func (m *serverCPU) report(b *testing.B, calls int) {
+	if os.Getenv(controlplane.CPUProfileEnv) != "" {
+		m.c.Signal(m.leader, syscall.SIGUSR2)
+	}
 	if calls == 0 {
 		return
 	}

@@ -361,6 +361,7 @@ func (s *Server) run(ctx context.Context) error {
 	g.Go(func() error { s.renewNodeCert(gctx); return nil })
 	g.Go(func() error { s.leaderDuties(gctx); return nil })
 	g.Go(func() error { s.pruneLoop(gctx, s.cfg.Prune.Interval.D(), s.cfg.Prune.Grace.D()); return nil })
+	g.Go(func() error { s.profileOnSignal(gctx); return nil })
 	g.Go(func() error {
 		<-gctx.Done()
 		s.stopServing()

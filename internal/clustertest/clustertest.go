@@ -331,6 +331,21 @@ func (n *Node) Log() string {
 	return string(b)
 }
 
+// Signal sends sig to a running node without waiting for it (e.g. the SIGUSR1 and SIGUSR2 of
+// controlplane.CPUProfileEnv).
+func (c *Cluster) Signal(n *Node, sig syscall.Signal) {
+	c.t.Helper()
+	n.mu.Lock()
+	cmd := n.cmd
+	n.mu.Unlock()
+	if cmd == nil {
+		c.t.Fatalf("signal %v: %s is not running", sig, n.ID)
+	}
+	if err := cmd.Process.Signal(sig); err != nil {
+		c.t.Fatalf("signal %v to %s: %v", sig, n.ID, err)
+	}
+}
+
 func (c *Cluster) signal(n *Node, sig syscall.Signal) {
 	c.t.Helper()
 	n.mu.Lock()
