@@ -137,6 +137,6 @@ func identityResponse(iss *Issued) *meshcav1.IdentityResponse {
 		Serial:      iss.Serial,
 		SpiffeId:    iss.SPIFFEID.String(),
 		InstanceId:  iss.InstanceID,
-		NotAfter:    iss.Leaf.NotAfter.Unix(),
+		NotAfter:    iss.NotAfter.Unix(),
 	}
 }

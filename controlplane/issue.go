@@ -33,8 +33,8 @@ const instanceMarker = ".instanceid.athenz."
 type Issued struct {
 	// Chain is the leaf's DER followed by the intermediates' (no root).
 	Chain [][]byte
-	// Leaf is the parsed leaf.
-	Leaf *x509.Certificate
+	// NotAfter is the end of the leaf's validity period.
+	NotAfter time.Time
 	// Bundle is the trust bundle to verify it with.
 	Bundle *x509bundle.Bundle
 	// Serial is the leaf's serial as the replicated state writes it (lowercase hex).
@@ -94,8 +94,9 @@ func (s *Server) observe(flow string, start time.Time, err error) {
 		s.metrics.refused.WithLabelValues(reason).Inc()
 		return
 	}
-	s.metrics.issued.WithLabelValues(flow).Inc()
-	s.metrics.issuance.WithLabelValues(flow).Observe(time.Since(start).Seconds())
+	m := s.metrics.flow(flow)
+	m.issued.Inc()
+	m.issuance.Observe(time.Since(start).Seconds())
 }
 
 // limitSource takes an issuance token of the client address.
@@ -186,19 +187,27 @@ func checkLaunch(st *raftstore.State, providerName, domain, service string) (*me
 	if err != nil {
 		return nil, refuseAs("provider_unknown", raftstore.ErrNotFound, "provider", "%q is not a registered provider", providerName)
 	}
+	if err := checkLaunchBy(st, p, domain, service); err != nil {
+		return nil, err
+	}
+	return p, nil
+}
+
+// checkLaunchBy is checkLaunch for a provider record already read from st.
+func checkLaunchBy(st *raftstore.State, p *meshcav1.Provider, domain, service string) error {
 	if !p.GetEnabled() {
-		return nil, refuse(raftstore.ErrProviderDisabled, "provider", "%q is disabled", providerName)
+		return refuse(raftstore.ErrProviderDisabled, "provider", "%q is disabled", p.GetName())
 	}
 	identity := raftstore.Identity(domain, service)
 	svc, err := st.Service(identity)
 	if err != nil {
-		return nil, refuseAs("service_unknown", raftstore.ErrNotFound, "service", "%q is not a registered service", identity)
+		return refuseAs("service_unknown", raftstore.ErrNotFound, "service", "%q is not a registered service", identity)
 	}
-	if !raftstore.AnyGrantMatches(svc.GetLaunchGrants(), providerName) {
-		return nil, refuse(raftstore.ErrLaunchNotAuthorized, "provider", "service %q grants launch to no pattern matching %q (grants: %s)",
-			identity, providerName, strings.Join(svc.GetLaunchGrants(), ", "))
+	if !raftstore.AnyGrantMatches(svc.GetLaunchGrants(), p.GetName()) {
+		return refuse(raftstore.ErrLaunchNotAuthorized, "provider", "service %q grants launch to no pattern matching %q (grants: %s)",
+			identity, p.GetName(), strings.Join(svc.GetLaunchGrants(), ", "))
 	}
-	return p, nil
+	return nil
 }
 
 // register is flow 1 (provider-launched): every check of DESIGN.md §4 in order, then the
@@ -345,7 +354,7 @@ func (s *Server) refresh(ctx context.Context, clientCert *x509.Certificate, csrP
 	if err := sameInstance(csr, clientCert, p.GetDnsSuffix(), instanceID); err != nil {
 		return nil, err
 	}
-	if _, err := checkLaunch(st, p.GetName(), domain, service); err != nil {
+	if err := checkLaunchBy(st, p, domain, service); err != nil {
 		return nil, err
 	}
 	now := s.now()
@@ -470,18 +479,16 @@ func sansOf(csr *x509.CertificateRequest) confirm.SANs {
 	return out
 }
 
-// issuedOf describes a committed certificate.
+// issuedOf describes a committed certificate from the template it was signed from (what the
+// DER says, so it is not parsed back).
 func issuedOf(iss *ca.Issued, auth *ca.Authority, instanceID string, inst *meshcav1.Instance) (*Issued, error) {
-	leaf, err := iss.Leaf()
-	if err != nil {
-		return nil, err
-	}
-	id, err := x509svid.IDFromCert(leaf)
+	t := iss.Template
+	id, err := x509svid.IDFromCert(t)
 	if err != nil {
 		return nil, err
 	}
 	return &Issued{
-		Chain: iss.Chain, Leaf: leaf, Bundle: auth.Bundle(), Serial: leaf.SerialNumber.Text(16),
+		Chain: iss.Chain, NotAfter: t.NotAfter, Bundle: auth.Bundle(), Serial: t.SerialNumber.Text(16),
 		SPIFFEID: id, InstanceID: instanceID, Instance: inst, bundlePEM: auth.BundlePEM(),
 	}, nil
 }

@@ -20,6 +20,24 @@ type metrics struct {
 	refused      *prometheus.CounterVec
 	issuance     *prometheus.HistogramVec
 	applySeconds *prometheus.HistogramVec
+
+	// byFlow holds the issued and issuance series of the flows this package knows, looked up
+	// once: WithLabelValues hashes its labels and takes a lock on every call.
+	byFlow map[string]flowMetrics
+}
+
+// flowMetrics are the series of one flow.
+type flowMetrics struct {
+	issued   prometheus.Counter
+	issuance prometheus.Observer
+}
+
+// flow returns the series of a flow.
+func (m *metrics) flow(name string) flowMetrics {
+	if f, ok := m.byFlow[name]; ok {
+		return f
+	}
+	return flowMetrics{issued: m.issued.WithLabelValues(name), issuance: m.issuance.WithLabelValues(name)}
 }
 
 func newMetrics(reg prometheus.Registerer) (*metrics, error) {
@@ -51,8 +69,11 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			return nil, fmt.Errorf("metrics: %w", err)
 		}
 	}
+	// Register and refresh are exported at zero from the start; the others appear with their
+	// first issuance.
+	m.byFlow = map[string]flowMetrics{}
 	for _, f := range []string{FlowRegister, FlowRefresh} {
-		m.issued.WithLabelValues(f)
+		m.byFlow[f] = flowMetrics{issued: m.issued.WithLabelValues(f), issuance: m.issuance.WithLabelValues(f)}
 	}
 	return m, nil
 }
