@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/tls"
 	"crypto/x509"
+	"fmt"
 	"net"
 	"sync"
 	"time"
@@ -106,6 +107,18 @@ func (r sdsResolver) Resolve(ctx context.Context) (spiffeid.ID, error) {
 		return spiffeid.ID{}, err
 	}
 	return c.ID, nil
+}
+
+// listenGRPC listens for the gRPC port without TCP keepalive on the connections it accepts:
+// the gRPC keepalive (a ping after 2 idle minutes, 20 s for its ack, and TCP_USER_TIMEOUT)
+// already finds dead peers, and every refresh's new connection would otherwise pay four
+// setsockopt calls to configure probes it never sends.
+func listenGRPC(field, addr string) (net.Listener, error) {
+	ln, err := (&net.ListenConfig{KeepAlive: -1}).Listen(context.Background(), "tcp", addr)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", field, err)
+	}
+	return ln, nil
 }
 
 // staticWindow is the HTTP/2 flow-control window of the gRPC port's streams and connections:

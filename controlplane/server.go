@@ -156,7 +156,7 @@ func New(cfg *Config, opts Options) (_ *Server, err error) {
 		return nil, err
 	}
 
-	if s.grpcLn, err = listen("listen.grpc", cfg.Listen.GRPC); err != nil {
+	if s.grpcLn, err = listenGRPC("listen.grpc", cfg.Listen.GRPC); err != nil {
 		return nil, err
 	}
 	s.closers = append(s.closers, func() { s.grpcLn.Close() })
