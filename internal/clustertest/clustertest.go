@@ -561,7 +561,10 @@ func (c *Cluster) Dial(n *Node, cert *tls.Certificate) *grpc.ClientConn {
 // Connect is Dial for a connection the caller closes (one per call, as a client whose
 // certificate changes with every refresh needs).
 func (c *Cluster) Connect(n *Node, cert *tls.Certificate) *grpc.ClientConn {
-	cc, err := grpc.NewClient(n.GRPCAddr, grpc.WithTransportCredentials(credentials.NewTLS(c.TLSConfig(cert))))
+	cc, err := grpc.NewClient(n.GRPCAddr, grpc.WithTransportCredentials(credentials.NewTLS(c.TLSConfig(cert))),
+		// The agent's options for its one-call connections (sds/agent's caClient).
+		grpc.WithStaticStreamWindowSize(1<<16-1), grpc.WithStaticConnWindowSize(1<<16-1),
+		grpc.WithReadBufferSize(0))
 	if err != nil {
 		c.t.Fatal(err)
 	}

@@ -130,7 +130,12 @@ func (c *caClient) call(ctx context.Context, svid *x509svid.SVID, what string, f
 }
 
 func (c *caClient) callNode(ctx context.Context, addr string, creds credentials.TransportCredentials, fn func(context.Context, meshcav1.IdentityClient) (*meshcav1.IdentityResponse, error)) (*meshcav1.IdentityResponse, error) {
-	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(creds))
+	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(creds),
+		// One small call per connection: the HTTP/2 windows stay at their initial 64 KiB, so
+		// no bandwidth-probing ping goes out (and is answered) after each answer, and
+		// tls.Conn's own buffering is enough.
+		grpc.WithStaticStreamWindowSize(1<<16-1), grpc.WithStaticConnWindowSize(1<<16-1),
+		grpc.WithReadBufferSize(0))
 	if err != nil {
 		return nil, status.Errorf(codes.Unavailable, "dial: %v", err)
 	}
