@@ -11,6 +11,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	meshcav1 "github.com/meshca/meshca/api/meshca/v1"
+	"github.com/meshca/meshca/internal/testenv"
 	"github.com/meshca/meshca/raftstore"
 )
 
@@ -139,9 +140,7 @@ func (x *crlScale) crl() (*x509.RevocationList, int, time.Duration) {
 // prune drops their records); and no log entry grows with the list — every revoke entry is
 // as large as the first, all far smaller than the CRL.
 func TestCRLOf100000Revocations(t *testing.T) {
-	if testing.Short() {
-		t.Skip("builds a state of 100,000 revoked certificates; run without -short")
-	}
+	testenv.SkipIfShort(t, "builds a state of 100,000 revoked certificates")
 	const n = 100_000
 	x := newCRLScale(t, n, 4, time.Hour, 30*24*time.Hour)
 	if got := len(x.fsm.State().Revocations()); got != n {

@@ -23,6 +23,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	meshcav1 "github.com/meshca/meshca/api/meshca/v1"
+	"github.com/meshca/meshca/internal/testenv"
 	"github.com/meshca/meshca/raftstore/internal/testpki"
 )
 
@@ -374,9 +375,7 @@ func loadCommand(i int) *meshcav1.Command {
 }
 
 func TestProcessClusterKeepsEveryAcknowledgedCommandThroughALeaderKillAndARestart(t *testing.T) {
-	if testing.Short() {
-		t.Skip("starts real processes and writes 10,000 fsync'd commands; skipped with -short")
-	}
+	testenv.SkipIfShort(t, "starts real processes and writes 10,000 fsync'd commands")
 	const total, concurrency = 10_000, 16
 	c := newProcCluster(t, 3)
 
@@ -513,9 +512,7 @@ func TestProcessClusterKeepsEveryAcknowledgedCommandThroughALeaderKillAndARestar
 }
 
 func TestProcessClusterConcurrentRefreshesOfOneSerialHaveExactlyOneWinner(t *testing.T) {
-	if testing.Short() {
-		t.Skip("starts real processes; skipped with -short")
-	}
+	testenv.SkipIfShort(t, "starts real processes")
 	c := newProcCluster(t, 3)
 	fx := newFSMFixture(t)
 	setup := []any{

@@ -37,6 +37,7 @@ import (
 
 	"github.com/meshca/meshca/controlplane"
 	"github.com/meshca/meshca/internal/clustertest"
+	"github.com/meshca/meshca/internal/testenv"
 	"github.com/meshca/meshca/sds/agent"
 )
 
@@ -466,9 +467,7 @@ func sdsDefault(ctx context.Context, t *testing.T, socket string) *x509svid.SVID
 // with certificates that live 10 seconds, uses what DIR/env says, watches the demo through a
 // rotation, and runs `meshctl dev down`.
 func TestDevUpAndDown(t *testing.T) {
-	if testing.Short() {
-		t.Skip("starts a cluster, an agent, the provider and the demo (real processes)")
-	}
+	testenv.SkipIfShort(t, "starts a cluster, an agent, the provider and the demo (real processes)")
 	sh, err := exec.LookPath("sh")
 	if err != nil {
 		t.Fatalf("no sh: %v", err)

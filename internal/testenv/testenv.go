@@ -47,3 +47,17 @@ func RequireDocker(t testing.TB) string {
 	}
 	return path
 }
+
+// SkipIfShort skips a long test under -short on a developer's machine. In CI (CI or any
+// MESHCA_REQUIRE_* set) -short is refused instead: every test must run there.
+func SkipIfShort(t testing.TB, why string) {
+	t.Helper()
+	if !testing.Short() {
+		return
+	}
+	if os.Getenv("CI") != "" || os.Getenv("MESHCA_REQUIRE_SOFTHSM") != "" || os.Getenv("MESHCA_REQUIRE_DOCKER") != "" {
+		t.Fatalf("-short is set in CI, where this test must run: %s", why)
+	} else {
+		t.Skip(why + "; skipped with -short")
+	}
+}

@@ -35,6 +35,7 @@ import (
 	"github.com/meshca/meshca/controlplane/confirm"
 	"github.com/meshca/meshca/examples/demo"
 	"github.com/meshca/meshca/internal/clustertest"
+	"github.com/meshca/meshca/internal/testenv"
 	"github.com/meshca/meshca/sds"
 )
 
@@ -178,9 +179,7 @@ func issuedOnCluster(t *testing.T, c *clustertest.Cluster, flow string) float64 
 }
 
 func TestAgentOnARealThreeNodeCluster(t *testing.T) {
-	if testing.Short() {
-		t.Skip("starts a real three-node cluster")
-	}
+	testenv.SkipIfShort(t, "starts a real three-node cluster")
 	c := startRealCluster(t)
 	dir := shortDir(t)
 	cfg := realConfig(t, c, dir, "1.e2e")

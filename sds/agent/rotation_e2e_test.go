@@ -16,6 +16,7 @@ import (
 	meshcav1 "github.com/meshca/meshca/api/meshca/v1"
 	"github.com/meshca/meshca/examples/demo"
 	"github.com/meshca/meshca/internal/clustertest"
+	"github.com/meshca/meshca/internal/testenv"
 	"github.com/meshca/meshca/sds"
 )
 
@@ -39,9 +40,7 @@ func rootSums(t *testing.T, s *tlsv3.Secret) []string {
 // The refusal of a retire before that date, naming it, is proven on real processes by
 // TestRetireOnRealProcesses: this test's 6-second certificates may expire before it could ask.
 func TestCARotationWithoutAFailedHandshake(t *testing.T) {
-	if testing.Short() {
-		t.Skip("starts a real three-node cluster")
-	}
+	testenv.SkipIfShort(t, "starts a real three-node cluster")
 	c := startRealCluster(t)
 	dir := shortDir(t)
 	cfg := realConfig(t, c, dir, "1.rot")
