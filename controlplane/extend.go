@@ -230,12 +230,7 @@ func (x extendAPI) extend(w http.ResponseWriter, r *http.Request) {
 		x.fail(w, err)
 		return
 	}
-	bundle, err := iss.Bundle.Marshal()
-	if err != nil {
-		x.fail(w, fmt.Errorf("trust bundle: %w", err))
-		return
-	}
-	x.answer(w, ExtendResult{CA: string(bundle), ClientCert: string(ca.EncodeCertificatesPEM(iss.Chain...))})
+	x.answer(w, ExtendResult{CA: iss.BundlePEM, ClientCert: string(ca.EncodeCertificatesPEM(iss.Chain...))})
 }
 
 // verify answers POST .../{id}/extend-verify: the client shows the certificate the extend

@@ -125,15 +125,10 @@ func clientAddr(ctx context.Context) string {
 
 // identityResponse writes an issued certificate as the API answers it.
 func identityResponse(iss *Issued) *meshcav1.IdentityResponse {
-	bundle := iss.bundlePEM
-	if bundle == "" {
-		pemBundle, _ := iss.Bundle.Marshal()
-		bundle = string(pemBundle)
-	}
 	return &meshcav1.IdentityResponse{
 		Certificate: string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: iss.Chain[0]})),
 		Chain:       string(ca.EncodeCertificatesPEM(iss.Chain[1:]...)),
-		Bundle:      bundle,
+		Bundle:      iss.BundlePEM,
 		Serial:      iss.Serial,
 		SpiffeId:    iss.SPIFFEID.String(),
 		InstanceId:  iss.InstanceID,

@@ -8,7 +8,6 @@ import (
 	"strings"
 	"time"
 
-	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
 
@@ -35,8 +34,8 @@ type Issued struct {
 	Chain [][]byte
 	// NotAfter is the end of the leaf's validity period.
 	NotAfter time.Time
-	// Bundle is the trust bundle to verify it with.
-	Bundle *x509bundle.Bundle
+	// BundlePEM is the trust bundle to verify it with, as PEM (encoded once per Authority).
+	BundlePEM string
 	// Serial is the leaf's serial as the replicated state writes it (lowercase hex).
 	Serial string
 	// SPIFFEID is the leaf's URI SAN.
@@ -45,8 +44,6 @@ type Issued struct {
 	InstanceID string
 	// Instance is the instance record after the commit.
 	Instance *meshcav1.Instance
-
-	bundlePEM string // Bundle as PEM, encoded once per Authority
 }
 
 // registerInput is a Register request with what the transport knows of its caller.
@@ -488,8 +485,8 @@ func issuedOf(iss *ca.Issued, auth *ca.Authority, instanceID string, inst *meshc
 		return nil, err
 	}
 	return &Issued{
-		Chain: iss.Chain, NotAfter: t.NotAfter, Bundle: auth.Bundle(), Serial: t.SerialNumber.Text(16),
-		SPIFFEID: id, InstanceID: instanceID, Instance: inst, bundlePEM: auth.BundlePEM(),
+		Chain: iss.Chain, NotAfter: t.NotAfter, BundlePEM: auth.BundlePEM(), Serial: t.SerialNumber.Text(16),
+		SPIFFEID: id, InstanceID: instanceID, Instance: inst,
 	}, nil
 }
 
