@@ -16,11 +16,11 @@ import (
 
 // watchState keeps the node in step with the replicated state: the Authority follows the CA
 // record, the node certificate follows the active issuer, and the bundles served over SDS
-// follow the CA and Federation records. Every applied change is looked at; only the parts
-// that changed are rebuilt.
+// follow the CA and Federation records. It wakes only when the CA record or a federation
+// changed (not for every issuance), and rebuilds only the parts that changed.
 func (s *Server) watchState(ctx context.Context) {
 	for {
-		changed := s.fsm.Changed()
+		changed := s.fsm.TrustChanged()
 		st := s.fsm.State()
 		s.syncCA(st)
 		s.syncBundles(st)

@@ -69,10 +69,16 @@ func (c FSMConfig) Validate() error {
 // proposer puts time, serials and ids in the command. Any input, even garbage, is answered with
 // a result, never a panic.
 //
-// The writer changes a working state in place and publishes a frozen copy of it after each
-// Apply or ApplyBatch, in O(1) (the copy shares the B-tree nodes; the writer copies a node the
-// first time it changes it after a publish). Snapshot captures the published state in O(1) and
-// Persist streams it while Apply goes on; readers get consistent, lock-free views with State.
+// The writer changes a working state in place and publishes a frozen copy of it, in O(1) (the
+// copy shares the B-tree nodes; the writer copies a node the first time it changes it after a
+// publish). Snapshot captures the published state in O(1) and Persist streams it while Apply
+// goes on; readers get consistent, lock-free views with State.
+//
+// Copies are made only for readers: after a batch the writer publishes at once when the last
+// published state was looked at, and otherwise only marks it stale, so a node nobody reads
+// from (a follower without clients) changes its tables in place and copies nothing. The first
+// State after a stale mark freezes the working state itself, waiting for at most the batch
+// being applied.
 type FSM struct {
 	cfg    FSMConfig
 	logger *slog.Logger
@@ -83,9 +89,24 @@ type FSM struct {
 	work *State
 	// state is the published, frozen state.
 	state atomic.Pointer[State]
+	// stale: work holds changes that state lacks (set and cleared under mu).
+	stale atomic.Bool
+	// viewed: State handed state out since it was published.
+	viewed atomic.Bool
+	// trustMark is what the trust watchers last saw of the working state (guarded by mu).
+	trustMark trustMark
 
 	watchMu sync.Mutex
 	watch   chan struct{}
+	// trustWatch is closed when the CA record or a federation changes.
+	trustWatch chan struct{}
+}
+
+// trustMark tells whether the CA record or the federations changed: the CA record is replaced,
+// never changed in place, and every change to the federations moves their table's generation.
+type trustMark struct {
+	ca  *meshcav1.CA
+	fed uint64
 }
 
 var _ raft.BatchingFSM = (*FSM)(nil)
@@ -105,8 +126,21 @@ func NewFSM(cfg FSMConfig) (*FSM, error) {
 }
 
 // State returns the current state: an immutable view that stays consistent however long the
-// caller keeps it.
-func (f *FSM) State() *State { return f.state.Load() }
+// caller keeps it. It holds every command whose answer its caller has seen.
+func (f *FSM) State() *State {
+	if f.stale.Load() {
+		f.mu.Lock()
+		if f.stale.Load() {
+			f.state.Store(f.work.freeze())
+			f.stale.Store(false)
+		}
+		f.mu.Unlock()
+	}
+	if !f.viewed.Load() {
+		f.viewed.Store(true)
+	}
+	return f.state.Load()
+}
 
 // StateHash is the SHA-256 of the current state's canonical serialization.
 func (f *FSM) StateHash() [sha256.Size]byte { return f.State().Hash() }
@@ -122,20 +156,54 @@ func (f *FSM) Changed() <-chan struct{} {
 	return f.watch
 }
 
+// TrustChanged returns a channel that is closed the next time the CA record or a federation
+// changes (or a snapshot is restored): what a node's served trust bundles and issuing view
+// follow, without waking for every issuance. Take a new channel after each change.
+func (f *FSM) TrustChanged() <-chan struct{} {
+	f.watchMu.Lock()
+	defer f.watchMu.Unlock()
+	if f.trustWatch == nil {
+		f.trustWatch = make(chan struct{})
+	}
+	return f.trustWatch
+}
+
 // reset makes the frozen state s, not yet published, both the working state (with w, the
 // indexes of its records) and the current state. The caller holds mu or owns f alone.
 func (f *FSM) reset(s *State, w *writerState) {
 	f.work = s.thaw(w)
-	f.publish(s)
+	f.state.Store(s)
+	f.stale.Store(false)
+	f.changed(true)
 }
 
-// publish makes the frozen state s the current state and wakes the watchers.
-func (f *FSM) publish(s *State) {
-	f.state.Store(s)
+// applied ends an Apply or ApplyBatch: it publishes the working state when the last published
+// one was looked at, else marks it stale, and wakes the watchers. The caller holds mu.
+func (f *FSM) applied() {
+	if f.viewed.Swap(false) {
+		f.state.Store(f.work.freeze())
+		f.stale.Store(false)
+	} else {
+		f.stale.Store(true)
+	}
+	f.changed(false)
+}
+
+// changed wakes the watchers of every change, and those of trust changes when the CA record or
+// the federations changed since they were last woken (or always, with trust). The caller holds
+// mu.
+func (f *FSM) changed(trust bool) {
+	mark := trustMark{ca: f.work.ca, fed: f.work.federations.gen}
+	trust = trust || mark != f.trustMark
+	f.trustMark = mark
 	f.watchMu.Lock()
 	if f.watch != nil {
 		close(f.watch)
 		f.watch = nil
+	}
+	if trust && f.trustWatch != nil {
+		close(f.trustWatch)
+		f.trustWatch = nil
 	}
 	f.watchMu.Unlock()
 }
@@ -145,12 +213,12 @@ func (f *FSM) Apply(l *raft.Log) interface{} {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	res := f.applyLog(f.work, l)
-	f.publish(f.work.freeze())
+	f.applied()
 	return res
 }
 
-// ApplyBatch applies consecutive log entries and publishes the state once, after the last.
-// It implements raft.BatchingFSM.
+// ApplyBatch applies consecutive log entries and publishes (or marks stale) the state once,
+// after the last. It implements raft.BatchingFSM.
 func (f *FSM) ApplyBatch(logs []*raft.Log) []interface{} {
 	f.mu.Lock()
 	defer f.mu.Unlock()
@@ -158,7 +226,7 @@ func (f *FSM) ApplyBatch(logs []*raft.Log) []interface{} {
 	for i, l := range logs {
 		out[i] = f.applyLog(f.work, l)
 	}
-	f.publish(f.work.freeze())
+	f.applied()
 	return out
 }
 
@@ -403,7 +471,7 @@ func encodeResult(index uint64, res *meshcav1.CommandResult) []byte {
 
 // Snapshot captures the current state in O(1). It implements raft.FSM.
 func (f *FSM) Snapshot() (raft.FSMSnapshot, error) {
-	return &fsmSnapshot{state: f.state.Load()}, nil
+	return &fsmSnapshot{state: f.State()}, nil
 }
 
 // Restore replaces the state with a snapshot stream. On error the state is left as it was.
