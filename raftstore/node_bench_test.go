@@ -8,6 +8,7 @@ import (
 	"slices"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -92,6 +93,7 @@ func runLoad(b *testing.B, conc int, run int, fx *fsmFixture, propose func([]byt
 	errs := make(chan error, conc)
 	var wg sync.WaitGroup
 	b.ResetTimer()
+	cpu0 := processCPU(b)
 	start := time.Now()
 	for c := range conc {
 		wg.Add(1)
@@ -114,6 +116,7 @@ func runLoad(b *testing.B, conc int, run int, fx *fsmFixture, propose func([]byt
 	}
 	wg.Wait()
 	elapsed := time.Since(start)
+	cpu := processCPU(b) - cpu0
 	b.StopTimer()
 	close(errs)
 	for err := range errs {
@@ -124,6 +127,18 @@ func runLoad(b *testing.B, conc int, run int, fx *fsmFixture, propose func([]byt
 	b.ReportMetric(float64(len(all))/elapsed.Seconds(), "cmds/s")
 	b.ReportMetric(float64(all[len(all)/2].Microseconds())/1000, "p50-ms")
 	b.ReportMetric(float64(all[len(all)*99/100].Microseconds())/1000, "p99-ms")
+	// CPU time of the whole process (all three nodes and the clients) per command: what the
+	// layers cost, steadier than the rate on a shared machine.
+	b.ReportMetric(float64(cpu.Microseconds())/float64(len(all)), "cpu-us/cmd")
+}
+
+// processCPU is the user and system CPU time the process has used.
+func processCPU(b *testing.B) time.Duration {
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+		b.Fatal(err)
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }
 
 var benchRun atomic.Int64
