@@ -13,6 +13,7 @@ import (
 	"sort"
 	"sync"
 	"sync/atomic"
+	"unicode/utf8"
 
 	"github.com/hashicorp/raft"
 	"google.golang.org/protobuf/encoding/protowire"
@@ -244,8 +245,8 @@ func (f *FSM) applyLog(s *State, l *raft.Log) interface{} {
 
 // applyCommand decodes, deduplicates and executes one command, and returns the marshaled result.
 func (f *FSM) applyCommand(s *State, index uint64, data []byte) []byte {
-	cmd := new(meshcav1.Command)
-	if err := proto.Unmarshal(data, cmd); err != nil {
+	cmd, err := decodeCommand(data)
+	if err != nil {
 		return encodeResult(index, refusal(meshcav1.ResultCode_RESULT_CODE_INVALID_COMMAND,
 			"entry: %d bytes are not a meshca.v1.Command: %v", len(data), err).res)
 	}
@@ -454,10 +455,17 @@ func success(payload any) outcome {
 	return outcome{res: res, commit: true}
 }
 
-// encodeResult stamps the log index on a result and marshals it.
+// encodeResult stamps the log index on a result and marshals it, with the generated encoder
+// (see decodeCommand); its bytes are those proto.Marshal gives.
 func encodeResult(index uint64, res *meshcav1.CommandResult) []byte {
 	res.Index = index
-	b, err := marshalOptions.Marshal(res)
+	var b []byte
+	err := errInvalidUTF8
+	// The generated encoder does not check strings. Those of the payload come from the state,
+	// which holds only UTF-8; the message is checked here.
+	if utf8.ValidString(res.GetMessage()) {
+		b, err = res.MarshalVT()
+	}
 	if err != nil {
 		// Only invalid UTF-8 in a string could fail here, and every string in a result comes
 		// from a command that decoded (so is valid) or from this package.
@@ -468,6 +476,8 @@ func encodeResult(index uint64, res *meshcav1.CommandResult) []byte {
 	}
 	return b
 }
+
+var errInvalidUTF8 = errors.New("string is not UTF-8")
 
 // Snapshot captures the current state in O(1). It implements raft.FSM.
 func (f *FSM) Snapshot() (raft.FSMSnapshot, error) {

@@ -1,6 +1,7 @@
 package raftstore
 
 import (
+	"bytes"
 	"crypto/sha256"
 	"fmt"
 	"testing"
@@ -82,7 +83,22 @@ func (fx *fsmFixture) raw(data []byte) []byte {
 	if !ok {
 		fx.t.Fatalf("Apply returned %T, want []byte", out)
 	}
+	checkEncoding(fx.t, b)
 	return b
+}
+
+// checkEncoding fails the test unless a result's bytes are what the protobuf runtime's
+// deterministic encoding of the same result gives (the state machine encodes with generated
+// code; replicas of another build must remember the same bytes).
+func checkEncoding(t testing.TB, b []byte) {
+	t.Helper()
+	res := new(meshcav1.CommandResult)
+	if err := proto.Unmarshal(b, res); err != nil {
+		t.Fatalf("result does not decode: %v", err)
+	}
+	if want, err := (proto.MarshalOptions{Deterministic: true}).Marshal(res); err != nil || !bytes.Equal(b, want) {
+		t.Fatalf("result bytes differ from proto.Marshal's (%v):\n got %x\nwant %x", err, b, want)
+	}
 }
 
 // applyCmd marshals and applies an envelope, and decodes the result.

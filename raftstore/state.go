@@ -150,7 +150,13 @@ func expiryTime(k string) int64 {
 // nonceKey is where a nonce is stored.
 func nonceKey(scope, nonce string) string { return scope + "\x00" + nonce }
 
-func clone[M proto.Message](m M) M { return proto.Clone(m).(M) }
+func clone[M proto.Message](m M) M {
+	// The generated copy (see decodeCommand) is several times faster than proto.Clone.
+	if c, ok := any(m).(interface{ CloneMessageVT() proto.Message }); ok {
+		return c.CloneMessageVT().(M)
+	}
+	return proto.Clone(m).(M)
+}
 
 func notFound(what string, key any) error {
 	return fmt.Errorf("%s %q: %w", what, key, ErrNotFound)
