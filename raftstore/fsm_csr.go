@@ -118,14 +118,12 @@ func applyCSRIssued(tx *txn, c *meshcav1.RecordCSRIssuedCommand) outcome {
 	}
 	cert := c.GetCert() // decoded for this apply alone: completed and stored as it is
 	cert.Issued, cert.CsrRequest = tx.now, r.GetId()
-	is, o := tx.checkNewCert(field+".cert", cert, c.GetForceKeyReuse())
-	if o != nil {
+	if o := tx.recordNewCert(field+".cert", cert, c.GetForceKeyReuse()); o != nil {
 		return *o
 	}
 	n := clone(r)
 	n.State, n.Cert, n.Serial, n.Issued = meshcav1.CSRState_CSR_STATE_ISSUED, c.GetCertDer(), cert.GetSerial(), tx.now
 	tx.csrRequests.Set(n.GetId(), n)
-	tx.recordIssuance(is)
 	tx.event(meshcav1.EventKind_EVENT_KIND_CSR_ISSUED, n.GetId(), cert.GetSerial(), "issued to "+cert.GetIdentity())
 	return success(n)
 }

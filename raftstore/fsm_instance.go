@@ -112,8 +112,7 @@ func applyRegister(tx *txn, c *meshcav1.RecordRegisterCommand) outcome {
 	}
 	cert := c.GetCert() // decoded for this apply alone: completed and stored as it is
 	cert.Identity, cert.Instance, cert.Issued, cert.CsrRequest = Identity(ref.domain, ref.service), ref.key(), tx.now, ""
-	is, o := tx.checkNewCert(field+".cert", cert, c.GetForceKeyReuse())
-	if o != nil {
+	if o := tx.recordNewCert(field+".cert", cert, c.GetForceKeyReuse()); o != nil {
 		return *o
 	}
 
@@ -128,7 +127,6 @@ func applyRegister(tx *txn, c *meshcav1.RecordRegisterCommand) outcome {
 		detail = "registered again; serial " + existing.GetCurrentSerial() + " is no longer accepted for refresh"
 	}
 	tx.instances.Set(ref.slot(), inst)
-	tx.recordIssuance(is)
 	if tok != nil {
 		tx.markTokenUsed(tok)
 	}
@@ -199,10 +197,6 @@ func applyRefresh(tx *txn, c *meshcav1.RecordRefreshCommand) outcome {
 	cert := c.GetCert() // decoded for this apply alone: completed and stored as it is
 	cert.Identity, cert.Instance, cert.Issued, cert.CsrRequest = Identity(ref.domain, ref.service), ref.key(), tx.now, ""
 	reuseAllowed := c.GetForceKeyReuse() || decision == RefreshRetryPrevious && sameKey
-	is, o := tx.checkNewCert(field+".cert", cert, reuseAllowed)
-	if o != nil {
-		return *o
-	}
 
 	next := clone(inst)
 	detail := "refreshed"
@@ -218,13 +212,16 @@ func applyRefresh(tx *txn, c *meshcav1.RecordRefreshCommand) outcome {
 			tx.bumpCRL()
 		}
 	}
+	// Last, as it records the certificate (a refusal here undoes the supersede above too).
+	if o := tx.recordNewCert(field+".cert", cert, reuseAllowed); o != nil {
+		return *o
+	}
 	next.CurrentSerial, next.CurrentIssued, next.CurrentClientAddr = cert.GetSerial(), tx.now, c.GetClientAddr()
 	next.ExtendPending = c.GetExtend() || decision == RefreshRetryPrevious && inst.GetExtendPending()
 	if c.GetHostname() != "" {
 		next.Hostname = c.GetHostname()
 	}
 	tx.instances.Set(ref.slot(), next)
-	tx.recordIssuance(is)
 	tx.event(meshcav1.EventKind_EVENT_KIND_REFRESHED, ref.key(), cert.GetSerial(), detail)
 	return success(next)
 }

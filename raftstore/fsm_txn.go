@@ -47,36 +47,6 @@ func (tx *txn) event(kind meshcav1.EventKind, subject, serial, detail string) {
 	}
 }
 
-// putCert stores a certificate record and indexes its expiry.
-func (tx *txn) putCert(c *meshcav1.Cert) {
-	tx.certs.Set(c.GetSerial(), c)
-	tx.certExpiry.Set(expiryKey(c.GetNotAfter(), c.GetSerial()), struct{}{})
-}
-
-// issuance is a new certificate that passed checkNewCert, ready to record.
-type issuance struct {
-	cert *meshcav1.Cert
-	// keyUsed: the certificate's key was used before (its reuse was allowed).
-	keyUsed bool
-}
-
-// recordIssuance stores a new certificate, the first use of its key (when new) and the
-// issuer's latest expiry.
-func (tx *txn) recordIssuance(is issuance) {
-	c := is.cert
-	tx.putCert(c)
-	if !is.keyUsed {
-		tx.keyUses.Set(string(c.GetSpkiSha256()), &meshcav1.KeyUse{
-			SpkiSha256: c.GetSpkiSha256(), Serial: c.GetSerial(), Instance: c.GetInstance(),
-			FirstUsed: tx.now, NotAfter: c.GetNotAfter(),
-		})
-	}
-	// The bound is exact, so a root can be retired the moment its last certificate expires.
-	if u, ok := tx.issuerUses.Get(c.GetIssuerId()); !ok || u.GetLastNotAfter() < c.GetNotAfter() {
-		tx.issuerUses.Set(c.GetIssuerId(), &meshcav1.IssuerUse{IssuerId: c.GetIssuerId(), LastNotAfter: c.GetNotAfter()})
-	}
-}
-
 // revokeSerial adds a revocation for a serial that has a certificate record and none yet;
 // it reports whether it added one. The CRL number moves once per command (bumpCRL).
 func (tx *txn) revokeSerial(serial string, reason meshcav1.RevocationReason, detail, instance string) (*meshcav1.Revocation, bool) {
@@ -157,25 +127,40 @@ func (tx *txn) checkCertShape(field string, c *meshcav1.Cert) *outcome {
 	return nil
 }
 
-// checkNewCert validates a certificate record carried by a command and the rules every new
-// certificate follows: a fresh serial, a known issuer, and a public key not used before unless
-// reuseAllowed.
-func (tx *txn) checkNewCert(field string, c *meshcav1.Cert, reuseAllowed bool) (issuance, *outcome) {
+// recordNewCert validates a certificate record carried by a command against the rules every
+// new certificate follows (a fresh serial, a known issuer, and a public key not used before
+// unless reuseAllowed) and records it: the certificate, the first use of its key (when new)
+// and the issuer's latest expiry. The serial and the key are checked by inserting them, one
+// walk of each table instead of a lookup and an insert; on a refusal the command's journal
+// undoes the inserts. Handlers call it after every other check.
+func (tx *txn) recordNewCert(field string, c *meshcav1.Cert, reuseAllowed bool) *outcome {
 	if o := tx.checkCertShape(field, c); o != nil {
-		return issuance{}, o
+		return o
 	}
 	if !tx.knownIssuer(c.GetIssuerId()) {
-		return issuance{}, deny(codeFailedPrecondition, "%s.issuer_id: %q is not an issuer of this CA (active, next or retired)", field, c.GetIssuerId())
+		return deny(codeFailedPrecondition, "%s.issuer_id: %q is not an issuer of this CA (active, next or retired)", field, c.GetIssuerId())
 	}
-	if _, dup := tx.certs.Get(c.GetSerial()); dup {
-		return issuance{}, deny(codeAlreadyExists, "%s.serial: %s was already issued", field, c.GetSerial())
+	if _, dup := tx.certs.swap(c.GetSerial(), c); dup {
+		return deny(codeAlreadyExists, "%s.serial: %s was already issued", field, c.GetSerial())
 	}
-	ku, used := tx.keyUses.Get(string(c.GetSpkiSha256()))
-	if used && !reuseAllowed {
-		return issuance{}, deny(codeKeyReused, "%s.spki_sha256: public key %x was first used by serial %s; a new key is required unless reuse is forced",
-			field, c.GetSpkiSha256(), ku.GetSerial())
+	key := string(c.GetSpkiSha256())
+	first := &meshcav1.KeyUse{
+		SpkiSha256: c.GetSpkiSha256(), Serial: c.GetSerial(), Instance: c.GetInstance(),
+		FirstUsed: tx.now, NotAfter: c.GetNotAfter(),
 	}
-	return issuance{cert: c, keyUsed: used}, nil
+	if ku, used := tx.keyUses.swap(key, first); used {
+		if !reuseAllowed {
+			return deny(codeKeyReused, "%s.spki_sha256: public key %x was first used by serial %s; a new key is required unless reuse is forced",
+				field, c.GetSpkiSha256(), ku.GetSerial())
+		}
+		tx.keyUses.Set(key, ku) // the first use stays on record
+	}
+	tx.certExpiry.Set(expiryKey(c.GetNotAfter(), c.GetSerial()), struct{}{})
+	// The bound is exact, so a root can be retired the moment its last certificate expires.
+	if u, ok := tx.issuerUses.Get(c.GetIssuerId()); !ok || u.GetLastNotAfter() < c.GetNotAfter() {
+		tx.issuerUses.Set(c.GetIssuerId(), &meshcav1.IssuerUse{IssuerId: c.GetIssuerId(), LastNotAfter: c.GetNotAfter()})
+	}
+	return nil
 }
 
 // checkLaunch checks at apply time that a provider exists, is enabled, and that the service

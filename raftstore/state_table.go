@@ -65,6 +65,15 @@ func (t *table[K, V]) Set(key K, value V) {
 	t.record(key, old, had)
 }
 
+// swap stores a record under a key and returns the record it replaced, if any.
+func (t *table[K, V]) swap(key K, value V) (V, bool) {
+	t.mustBeWorking()
+	t.gen++
+	old, had := t.m.Set(key, value)
+	t.record(key, old, had)
+	return old, had
+}
+
 // Delete removes the record under a key, if any.
 func (t *table[K, V]) Delete(key K) {
 	t.mustBeWorking()
