@@ -256,8 +256,11 @@ func TestTheDemoFollowsRotationsWithoutAFailedHandshake(t *testing.T) {
 func TestAServerThatIsNotTheExpectedIdentityFailsTheHandshakeAndIsCounted(t *testing.T) {
 	f := startFakeAgent(t, "server", "client")
 	p := startPair(t, f, f.id("other").String())
-	poll(t, "failed handshakes", func() bool {
-		return p.client.Stats().HandshakeFailures >= 3 && p.server.Stats().HandshakeFailures >= 3
+	// A handshake failure is counted in the dialer, the failed request only when the call
+	// returns: wait for both, or stopping may cancel the last call in between.
+	poll(t, "failed handshakes and requests", func() bool {
+		cs := p.client.Stats()
+		return cs.HandshakeFailures >= 3 && cs.Failures >= 3 && p.server.Stats().HandshakeFailures >= 3
 	})
 	p.stop()
 	if cs := p.client.Stats(); cs.Requests != 0 || cs.Failures < 3 {
