@@ -459,25 +459,21 @@ func success(payload any) outcome {
 // (see decodeCommand); its bytes are those proto.Marshal gives.
 func encodeResult(index uint64, res *meshcav1.CommandResult) []byte {
 	res.Index = index
-	var b []byte
-	err := errInvalidUTF8
 	// The generated encoder does not check strings. Those of the payload come from the state,
 	// which holds only UTF-8; the message is checked here.
 	if utf8.ValidString(res.GetMessage()) {
-		b, err = res.MarshalVT()
+		if b, err := res.MarshalVT(); err == nil {
+			return b
+		}
 	}
-	if err != nil {
-		// Only invalid UTF-8 in a string could fail here, and every string in a result comes
-		// from a command that decoded (so is valid) or from this package.
-		b, _ = proto.Marshal(&meshcav1.CommandResult{
-			Code: meshcav1.ResultCode_RESULT_CODE_INVALID_COMMAND, Index: index,
-			Message: "result: could not be encoded",
-		})
-	}
+	// Only a message that is not UTF-8 gets here, and every string in a result comes from a
+	// command that decoded (so is valid) or from this package.
+	b, _ := proto.Marshal(&meshcav1.CommandResult{
+		Code: meshcav1.ResultCode_RESULT_CODE_INVALID_COMMAND, Index: index,
+		Message: "result: could not be encoded",
+	})
 	return b
 }
-
-var errInvalidUTF8 = errors.New("string is not UTF-8")
 
 // Snapshot captures the current state in O(1). It implements raft.FSM.
 func (f *FSM) Snapshot() (raft.FSMSnapshot, error) {

@@ -132,11 +132,8 @@ func (tx *txn) checkCertShape(field string, c *meshcav1.Cert) *outcome {
 // unless reuseAllowed) and records it: the certificate, the first use of its key (when new)
 // and the issuer's latest expiry. The serial and the key are checked by inserting them, one
 // walk of each table instead of a lookup and an insert; on a refusal the command's journal
-// undoes the inserts. Handlers call it after every other check.
+// undoes the inserts. Handlers call it after every other check, checkCertShape among them.
 func (tx *txn) recordNewCert(field string, c *meshcav1.Cert, reuseAllowed bool) *outcome {
-	if o := tx.checkCertShape(field, c); o != nil {
-		return o
-	}
 	if !tx.knownIssuer(c.GetIssuerId()) {
 		return deny(codeFailedPrecondition, "%s.issuer_id: %q is not an issuer of this CA (active, next or retired)", field, c.GetIssuerId())
 	}

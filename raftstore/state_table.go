@@ -25,8 +25,8 @@ type table[K string | uint64, V any] struct {
 	j *journal
 	// undo holds the changes of the running command, oldest first.
 	undo []change[K, V]
-	// gen moves with every change (an undone one too): a watcher compares it to learn whether
-	// the table changed.
+	// gen moves with every change to a working table (an undone one too): a watcher compares
+	// it to learn whether the table changed.
 	gen uint64
 }
 
@@ -58,12 +58,7 @@ func (t *table[K, V]) scan(fn func(K, V) bool) { t.m.Scan(fn) }
 func (t *table[K, V]) first() (K, V, bool) { return t.m.Min() }
 
 // Set stores a record under a key, replacing any record there.
-func (t *table[K, V]) Set(key K, value V) {
-	t.mustBeWorking()
-	t.gen++
-	old, had := t.m.Set(key, value)
-	t.record(key, old, had)
-}
+func (t *table[K, V]) Set(key K, value V) { t.swap(key, value) }
 
 // swap stores a record under a key and returns the record it replaced, if any.
 func (t *table[K, V]) swap(key K, value V) (V, bool) {
@@ -126,14 +121,14 @@ func (t *table[K, V]) forget() {
 
 // frozen returns a frozen copy sharing every node with t. t must be the working table.
 func (t *table[K, V]) frozen() table[K, V] {
-	return table[K, V]{m: t.m.Copy(), gen: t.gen}
+	return table[K, V]{m: t.m.Copy()}
 }
 
 // working returns a working copy of t that journals into j. Making it marks t's tree as
 // copied (tidwall/btree gives both sides a new owner id), a write to t's header: t must not be
 // published yet.
 func (t *table[K, V]) working(j *journal) table[K, V] {
-	return table[K, V]{m: t.m.Copy(), j: j, gen: t.gen}
+	return table[K, V]{m: t.m.Copy(), j: j}
 }
 
 // journal records the changes one command makes to the working tables, so that a command that
