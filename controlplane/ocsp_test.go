@@ -56,15 +56,7 @@ func TestOCSPAnswerRules(t *testing.T) {
 func ocspPost(t *testing.T, ts *testServer, contentType string, body []byte) (int, string, []byte) {
 	t.Helper()
 	resp, err := ts.httpsClient().Post("https://"+ts.s.HTTPAddr()+PathOCSP, contentType, bytes.NewReader(body))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	out, err := io.ReadAll(resp.Body)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return resp.StatusCode, resp.Header.Get(ocspErrorHeader), out
+	return readOCSPAnswer(t, resp, err)
 }
 
 // ocspGet sends a GET to PathOCSP + "/" + escaped (already URL-encoded).
@@ -73,6 +65,12 @@ func ocspGet(t *testing.T, ts *testServer, escaped string) (int, string, []byte)
 	client := ts.httpsClient()
 	client.CheckRedirect = func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }
 	resp, err := client.Get("https://" + ts.s.HTTPAddr() + PathOCSP + "/" + escaped)
+	return readOCSPAnswer(t, resp, err)
+}
+
+// readOCSPAnswer reads a responder's answer: status, error header and body.
+func readOCSPAnswer(t *testing.T, resp *http.Response, err error) (int, string, []byte) {
+	t.Helper()
 	if err != nil {
 		t.Fatal(err)
 	}
