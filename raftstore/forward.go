@@ -5,6 +5,7 @@ import (
 	"crypto/tls"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"sync"
 	"time"
@@ -13,6 +14,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/keepalive"
 	"google.golang.org/grpc/status"
 
 	meshcav1 "github.com/meshca/meshca/api/meshca/v1"
@@ -26,6 +28,10 @@ const (
 	// defaultProposeTimeout applies when the caller's context has no deadline.
 	defaultProposeTimeout = 30 * time.Second
 )
+
+// internalKeepalive is how often a follower pings the leader while it has a stream open, and
+// how long it waits for the answer before it fails the stream.
+const internalKeepalive = 5 * time.Second
 
 // errRetry marks an attempt whose failure is worth retrying with the (possibly new) leader.
 var errRetry = errors.New("retry with the leader")
@@ -167,6 +173,12 @@ func (n *Node) applyResult(ctx context.Context, f raft.ApplyFuture) ([]byte, err
 	if !finished {
 		return nil, fmt.Errorf("%w: outcome unknown: %w", errRetry, err)
 	}
+	return futureResult(f, err)
+}
+
+// futureResult maps a resolved Apply future (err is its Error) to the state machine's result
+// or our error; errors that mean "ask the new leader" wrap errRetry.
+func futureResult(f raft.ApplyFuture, err error) ([]byte, error) {
 	switch {
 	case err == nil:
 	case errors.Is(err, raft.ErrNotLeader), errors.Is(err, raft.ErrLeadershipLost),
@@ -194,7 +206,8 @@ type internalServer struct {
 }
 
 func newInternalServer(n *Node) *grpc.Server {
-	s := grpc.NewServer(grpc.Creds(handshakenTLS{}))
+	s := grpc.NewServer(grpc.Creds(handshakenTLS{}),
+		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: internalKeepalive / 2}))
 	meshcav1.RegisterInternalServer(s, &internalServer{node: n})
 	return s
 }
@@ -202,38 +215,119 @@ func newInternalServer(n *Node) *grpc.Server {
 // Forward applies a follower's commands on the leader. Every command is handed to Raft before
 // the first result is awaited, so they share log appends and fsyncs.
 func (s *internalServer) Forward(ctx context.Context, req *meshcav1.ForwardRequest) (*meshcav1.ForwardResponse, error) {
-	cmds := req.GetCommands()
-	if len(cmds) == 0 {
-		return nil, status.Error(codes.InvalidArgument, "commands: must hold at least one command")
-	}
-	if len(cmds) > forwardBatchMax {
-		return nil, status.Errorf(codes.InvalidArgument, "commands: %d commands, at most %d per call", len(cmds), forwardBatchMax)
-	}
-	for i, c := range cmds {
-		if len(c) == 0 {
-			return nil, status.Errorf(codes.InvalidArgument, "commands[%d]: must not be empty", i)
-		}
+	if err := checkForwardRequest(req); err != nil {
+		return nil, err
 	}
 	if err := s.requireLeader(); err != nil {
 		return nil, err
 	}
+	futures := s.propose(req.GetCommands(), timeoutOf(ctx, defaultProposeTimeout))
+	resp := &meshcav1.ForwardResponse{Results: make([]*meshcav1.ForwardResult, len(futures))}
+	for i, f := range futures {
+		res, err := s.node.applyResult(ctx, f)
+		resp.Results[i] = forwardResult(res, err)
+	}
+	return resp, nil
+}
+
+// checkForwardRequest checks the shape of a Forward request, with a gRPC status error naming
+// the field and the rule.
+func checkForwardRequest(req *meshcav1.ForwardRequest) error {
+	cmds := req.GetCommands()
+	if len(cmds) == 0 {
+		return status.Error(codes.InvalidArgument, "commands: must hold at least one command")
+	}
+	if len(cmds) > forwardBatchMax {
+		return status.Errorf(codes.InvalidArgument, "commands: %d commands, at most %d per call", len(cmds), forwardBatchMax)
+	}
+	for i, c := range cmds {
+		if len(c) == 0 {
+			return status.Errorf(codes.InvalidArgument, "commands[%d]: must not be empty", i)
+		}
+	}
+	return nil
+}
+
+// propose hands every command to Raft, in order, and returns their futures.
+func (s *internalServer) propose(cmds [][]byte, timeout time.Duration) []raft.ApplyFuture {
 	r := s.node.raft.Load()
-	timeout := timeoutOf(ctx, defaultProposeTimeout)
 	futures := make([]raft.ApplyFuture, len(cmds))
 	for i, c := range cmds {
 		futures[i] = r.Apply(c, timeout)
 	}
-	resp := &meshcav1.ForwardResponse{Results: make([]*meshcav1.ForwardResult, len(cmds))}
-	for i, f := range futures {
-		res, err := s.node.applyResult(ctx, f)
-		if err != nil {
-			st := status.Convert(grpcError(err))
-			resp.Results[i] = &meshcav1.ForwardResult{Code: int32(st.Code()), Message: st.Message()}
-			continue
-		}
-		resp.Results[i] = &meshcav1.ForwardResult{Result: res}
+	return futures
+}
+
+// forwardResult is one command's entry in a ForwardResponse.
+func forwardResult(res []byte, err error) *meshcav1.ForwardResult {
+	if err != nil {
+		st := status.Convert(grpcError(err))
+		return &meshcav1.ForwardResult{Code: int32(st.Code()), Message: st.Message()}
 	}
-	return resp, nil
+	return &meshcav1.ForwardResult{Result: res}
+}
+
+// forwardStreamDepth bounds the request messages of one ForwardStream whose answers are
+// pending; a follower sending more waits (gRPC flow control) until answers go out.
+const forwardStreamDepth = 1024
+
+// ForwardStream applies the commands a follower sends on one stream. Each request message is
+// handed to Raft as it arrives; a responder answers the messages in order as their commands
+// are applied, so the follower need not wait for one answer before sending the next batch. A
+// request that Forward would refuse is answered with that status for each of its commands.
+func (s *internalServer) ForwardStream(stream meshcav1.Internal_ForwardStreamServer) error {
+	type pending struct {
+		futures []raft.ApplyFuture
+		refused error // set when the request was refused as a whole
+		n       int
+	}
+	answers := make(chan pending, forwardStreamDepth)
+	sent := make(chan error, 1)
+	go func() {
+		var sendErr error
+		for a := range answers {
+			resp := &meshcav1.ForwardResponse{Results: make([]*meshcav1.ForwardResult, a.n)}
+			for i := range a.n {
+				if a.refused != nil {
+					st := status.Convert(a.refused)
+					resp.Results[i] = &meshcav1.ForwardResult{Code: int32(st.Code()), Message: st.Message()}
+					continue
+				}
+				// Raft resolves every future: when the entry is applied, leadership is
+				// lost or Raft shuts down.
+				f := a.futures[i]
+				resp.Results[i] = forwardResult(futureResult(f, f.Error()))
+			}
+			if sendErr == nil {
+				sendErr = stream.Send(resp)
+			}
+		}
+		sent <- sendErr
+	}()
+	var recvErr error
+	for {
+		req, err := stream.Recv()
+		if err != nil {
+			if !errors.Is(err, io.EOF) {
+				recvErr = err
+			}
+			break
+		}
+		a := pending{n: max(len(req.GetCommands()), 1)}
+		if err := checkForwardRequest(req); err != nil {
+			a.refused = err
+		} else if err := s.requireLeader(); err != nil {
+			a.refused = err
+		} else {
+			a.futures = s.propose(req.GetCommands(), defaultProposeTimeout)
+		}
+		answers <- a
+	}
+	close(answers)
+	if err := <-sent; err != nil {
+		return err
+	}
+	return recvErr
 }
 
 func (s *internalServer) requireLeader() error {
@@ -300,7 +394,10 @@ func (p *clientPool) getLocked(addr string) (meshcav1.InternalClient, error) {
 	cc, ok := p.conns[addr]
 	if !ok {
 		var err error
-		cc, err = grpc.NewClient("passthrough:///"+addr, grpc.WithTransportCredentials(p.creds))
+		cc, err = grpc.NewClient("passthrough:///"+addr, grpc.WithTransportCredentials(p.creds),
+			// The forwarding stream lives as long as the leader does: pings find a leader
+			// that went away without closing the connection, which fails the stream.
+			grpc.WithKeepaliveParams(keepalive.ClientParameters{Time: internalKeepalive, Timeout: internalKeepalive}))
 		if err != nil {
 			return nil, fmt.Errorf("grpc client for %s: %w", addr, err)
 		}
@@ -313,6 +410,9 @@ func (p *clientPool) getLocked(addr string) (meshcav1.InternalClient, error) {
 func (p *clientPool) Close() {
 	p.mu.Lock()
 	defer p.mu.Unlock()
+	for _, b := range p.batchers {
+		b.close()
+	}
 	for _, cc := range p.conns {
 		cc.Close()
 	}

@@ -2,8 +2,8 @@ package raftstore
 
 import (
 	"context"
+	"errors"
 	"sync"
-	"time"
 
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
@@ -11,25 +11,28 @@ import (
 	meshcav1 "github.com/meshca/meshca/api/meshca/v1"
 )
 
-// Limits of one Forward call. A follower sends whatever accumulated while earlier calls were in
-// flight, up to these bounds; a single command larger than forwardBatchBytes goes alone.
+// Limits of one forwarded batch. A follower sends whatever accumulated while it was sending the
+// previous batch, up to these bounds; a single command larger than forwardBatchBytes goes alone.
 const (
-	forwardMaxInFlight = 4
-	forwardBatchMax    = 256
-	forwardBatchBytes  = 1 << 20
+	forwardBatchMax   = 256
+	forwardBatchBytes = 1 << 20
 )
 
-// forwardBatcher groups the proposals of concurrent callers on a follower into Forward calls to
-// one leader address. While forwardMaxInFlight calls are outstanding, new commands queue and go
-// together in the next call, so a quiet follower forwards each command at once and a busy one
-// pays one round trip and one gRPC call for many commands.
+// forwardBatcher sends the proposals of concurrent callers on a follower to one leader address,
+// on one ForwardStream. A single sender takes whatever queued while it sent the previous
+// batch and sends it at once, without waiting for earlier answers; a receiver hands each
+// answer, which comes in the order of the batches, to the callers of its batch. So a quiet
+// follower forwards each command at once, a busy one sends many per message, and no command
+// waits for an earlier batch to be applied before it leaves.
 type forwardBatcher struct {
 	client  meshcav1.InternalClient
-	observe func(commands int) // called with the size of each call
+	observe func(commands int) // called with the size of each batch
 
-	mu       sync.Mutex
-	queue    []*pendingForward
-	inFlight int
+	mu      sync.Mutex
+	queue   []*pendingForward
+	sending bool           // the sender runs
+	stream  *forwardStream // the current stream; nil before the first send or once broken
+	closed  bool
 }
 
 // pendingForward is one caller's command waiting for its result.
@@ -39,6 +42,21 @@ type pendingForward struct {
 	done   chan struct{}
 	result []byte
 	err    error // a gRPC status error, as a single Forward call would return
+}
+
+func (p *pendingForward) finish(result []byte, err error) {
+	p.result, p.err = result, err
+	close(p.done)
+}
+
+// forwardStream is one ForwardStream call and the batches sent on it that await answers.
+type forwardStream struct {
+	cancel context.CancelFunc
+	s      meshcav1.Internal_ForwardStreamClient
+
+	mu     sync.Mutex
+	sent   [][]*pendingForward // oldest first
+	broken bool
 }
 
 func newForwardBatcher(client meshcav1.InternalClient, observe func(int)) *forwardBatcher {
@@ -54,9 +72,13 @@ func newForwardBatcher(client meshcav1.InternalClient, observe func(int)) *forwa
 func (b *forwardBatcher) forward(ctx context.Context, cmd []byte) ([]byte, error) {
 	p := &pendingForward{ctx: ctx, cmd: cmd, done: make(chan struct{})}
 	b.mu.Lock()
+	if b.closed {
+		b.mu.Unlock()
+		return nil, status.Error(codes.Unavailable, "raftstore: forward: the node is shutting down")
+	}
 	b.queue = append(b.queue, p)
-	if b.inFlight < forwardMaxInFlight {
-		b.inFlight++
+	if !b.sending {
+		b.sending = true
 		go b.send()
 	}
 	b.mu.Unlock()
@@ -68,19 +90,47 @@ func (b *forwardBatcher) forward(ctx context.Context, cmd []byte) ([]byte, error
 	}
 }
 
-// send makes Forward calls until the queue is empty, then gives its slot back.
+// send sends batches until the queue is empty, then ends; forward starts it again.
 func (b *forwardBatcher) send() {
 	for {
 		b.mu.Lock()
 		batch := b.take()
 		if len(batch) == 0 {
-			b.inFlight--
+			b.sending = false
 			b.mu.Unlock()
 			return
 		}
+		st, err := b.streamLocked()
 		b.mu.Unlock()
-		b.call(batch)
+		if err != nil {
+			for _, p := range batch {
+				p.finish(nil, err)
+			}
+			continue
+		}
+		st.sendBatch(batch, b.observe)
 	}
+}
+
+// streamLocked returns the current stream, opening one when there is none or it broke. The
+// caller holds b.mu.
+func (b *forwardBatcher) streamLocked() (*forwardStream, error) {
+	if b.closed {
+		return nil, status.Error(codes.Unavailable, "raftstore: forward: the node is shutting down")
+	}
+	if b.stream != nil && !b.stream.isBroken() {
+		return b.stream, nil
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	s, err := b.client.ForwardStream(ctx)
+	if err != nil {
+		cancel()
+		return nil, err
+	}
+	st := &forwardStream{cancel: cancel, s: s}
+	b.stream = st
+	go st.receive()
+	return st, nil
 }
 
 // take removes the next batch from the queue, dropping commands whose caller gave up. The
@@ -109,58 +159,113 @@ func (b *forwardBatcher) take() []*pendingForward {
 	return batch
 }
 
-// call sends one batch and hands each caller its result. The call ends at the latest deadline
-// of its callers, or as soon as all of them have given up.
-func (b *forwardBatcher) call(batch []*pendingForward) {
-	deadline := time.Now().Add(defaultProposeTimeout)
-	if d, ok := batch[0].ctx.Deadline(); ok {
-		deadline = d
+// close ends the stream; commands sent on it and those forwarded later fail with Unavailable.
+func (b *forwardBatcher) close() {
+	b.mu.Lock()
+	b.closed = true
+	st := b.stream
+	b.mu.Unlock()
+	if st != nil {
+		st.fail(status.Error(codes.Unavailable, "raftstore: forward: the node is shutting down"))
 	}
+}
+
+// sendBatch sends one batch. The batch is recorded as awaiting its answer before it is sent, so
+// the receiver finds it; a send that fails breaks the stream and fails every batch on it.
+func (st *forwardStream) sendBatch(batch []*pendingForward, observe func(int)) {
+	st.mu.Lock()
+	if st.broken {
+		st.mu.Unlock()
+		for _, p := range batch {
+			p.finish(nil, status.Error(codes.Unavailable, "raftstore: forward: the stream to the leader broke"))
+		}
+		return
+	}
+	st.sent = append(st.sent, batch)
+	st.mu.Unlock()
 	req := &meshcav1.ForwardRequest{Commands: make([][]byte, len(batch))}
 	for i, p := range batch {
 		req.Commands[i] = p.cmd
-		if d, ok := p.ctx.Deadline(); ok && d.After(deadline) {
-			deadline = d
-		}
 	}
-	ctx, cancel := context.WithDeadline(context.Background(), deadline)
-	defer cancel()
-	var waiting sync.WaitGroup
-	waiting.Add(len(batch))
-	for _, p := range batch {
-		stop := context.AfterFunc(p.ctx, waiting.Done)
-		defer func() {
-			if stop() {
-				waiting.Done()
-			}
-		}()
+	observe(len(batch))
+	if err := st.s.Send(req); err != nil {
+		// Send reports io.EOF when the stream ended; the receiver may fail the batches with
+		// the stream's status first.
+		st.fail(streamError(err))
 	}
-	allGone := make(chan struct{})
-	go func() {
-		waiting.Wait()
-		close(allGone)
-	}()
-	go func() {
-		select {
-		case <-allGone:
-			cancel()
-		case <-ctx.Done():
-		}
-	}()
+}
 
-	b.observe(len(batch))
-	resp, err := b.client.Forward(ctx, req)
-	if err == nil && len(resp.GetResults()) != len(batch) {
-		err = status.Errorf(codes.Internal, "leader answered %d results for %d commands", len(resp.GetResults()), len(batch))
-	}
-	for i, p := range batch {
+// receive hands each answer to the callers of the oldest batch awaiting one, until the stream
+// ends.
+func (st *forwardStream) receive() {
+	for {
+		resp, err := st.s.Recv()
 		if err != nil {
-			p.err = err
-		} else if r := resp.GetResults()[i]; codes.Code(r.GetCode()) != codes.OK {
-			p.err = status.Error(codes.Code(r.GetCode()), r.GetMessage())
-		} else {
-			p.result = r.GetResult()
+			st.fail(streamError(err))
+			return
 		}
-		close(p.done)
+		st.mu.Lock()
+		if len(st.sent) == 0 {
+			st.mu.Unlock()
+			st.fail(status.Error(codes.Internal, "raftstore: forward: the leader answered a batch that was not sent"))
+			return
+		}
+		batch := st.sent[0]
+		st.sent[0] = nil
+		st.sent = st.sent[1:]
+		st.mu.Unlock()
+		results := resp.GetResults()
+		if len(results) != len(batch) {
+			err := status.Errorf(codes.Internal, "leader answered %d results for %d commands", len(results), len(batch))
+			for _, p := range batch {
+				p.finish(nil, err)
+			}
+			continue
+		}
+		for i, p := range batch {
+			if r := results[i]; codes.Code(r.GetCode()) != codes.OK {
+				p.finish(nil, status.Error(codes.Code(r.GetCode()), r.GetMessage()))
+			} else {
+				p.finish(r.GetResult(), nil)
+			}
+		}
 	}
+}
+
+// fail breaks the stream: every batch awaiting an answer fails with err (a gRPC status error)
+// and the next batch opens a new stream.
+func (st *forwardStream) fail(err error) {
+	st.mu.Lock()
+	if st.broken {
+		st.mu.Unlock()
+		return
+	}
+	st.broken = true
+	sent := st.sent
+	st.sent = nil
+	st.mu.Unlock()
+	st.cancel()
+	for _, batch := range sent {
+		for _, p := range batch {
+			p.finish(nil, err)
+		}
+	}
+}
+
+func (st *forwardStream) isBroken() bool {
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	return st.broken
+}
+
+// streamError is the status error callers get when the stream ends: the stream's own status,
+// or Unavailable (outcome unknown, worth a retry) when it ended without one.
+func streamError(err error) error {
+	if st, ok := status.FromError(err); ok && st.Code() != codes.OK && st.Code() != codes.Unknown {
+		return err
+	}
+	if errors.Is(err, context.Canceled) {
+		return status.Error(codes.Canceled, err.Error())
+	}
+	return status.Errorf(codes.Unavailable, "raftstore: forward: the stream to the leader ended: %v", err)
 }

@@ -3,6 +3,7 @@ package raftstore
 import (
 	"context"
 	"fmt"
+	"net"
 	"slices"
 	"sync"
 	"testing"
@@ -10,49 +11,97 @@ import (
 	dto "github.com/prometheus/client_model/go"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/status"
 
 	meshcav1 "github.com/meshca/meshca/api/meshca/v1"
 	"github.com/meshca/meshca/raftstore/internal/kvfsm"
 )
 
-// leaderDouble answers Forward calls the way a test tells it to. Calls block until release is
-// closed (when set), so a test can queue commands behind calls in flight.
-type leaderDouble struct {
-	meshcav1.InternalClient
+// streamLeader is a leader whose ForwardStream answers the way a test tells it to, over real
+// gRPC on loopback. Each answer waits for release when it is set, so a test can hold answers.
+type streamLeader struct {
+	meshcav1.UnimplementedInternalServer
 	release chan struct{}
-	answer  func(req *meshcav1.ForwardRequest) (*meshcav1.ForwardResponse, error)
+	// answer answers one request; an error ends the stream with that status.
+	answer func(req *meshcav1.ForwardRequest) (*meshcav1.ForwardResponse, error)
 
-	mu    sync.Mutex
-	calls [][]string
-	ended []error // ctx.Err() seen by each call when it returned
+	mu      sync.Mutex
+	msgs    [][]string
+	streams int
 }
 
-func (d *leaderDouble) Forward(ctx context.Context, req *meshcav1.ForwardRequest, _ ...grpc.CallOption) (*meshcav1.ForwardResponse, error) {
-	var cmds []string
-	for _, c := range req.GetCommands() {
-		cmds = append(cmds, string(c))
-	}
-	d.mu.Lock()
-	d.calls = append(d.calls, cmds)
-	d.mu.Unlock()
-	if d.release != nil {
-		select {
-		case <-d.release:
-		case <-ctx.Done():
-			d.mu.Lock()
-			d.ended = append(d.ended, ctx.Err())
-			d.mu.Unlock()
-			return nil, status.FromContextError(ctx.Err()).Err()
+func (l *streamLeader) ForwardStream(s meshcav1.Internal_ForwardStreamServer) error {
+	l.mu.Lock()
+	l.streams++
+	l.mu.Unlock()
+	// Requests are taken as they come; answers go out in order, each once released.
+	reqs := make(chan *meshcav1.ForwardRequest, 64)
+	go func() {
+		defer close(reqs)
+		for {
+			req, err := s.Recv()
+			if err != nil {
+				return
+			}
+			var cmds []string
+			for _, c := range req.GetCommands() {
+				cmds = append(cmds, string(c))
+			}
+			l.mu.Lock()
+			l.msgs = append(l.msgs, cmds)
+			l.mu.Unlock()
+			reqs <- req
+		}
+	}()
+	for req := range reqs {
+		if l.release != nil {
+			select {
+			case <-l.release:
+			case <-s.Context().Done():
+				return nil
+			}
+		}
+		resp, err := l.answer(req)
+		if err != nil {
+			return err
+		}
+		if err := s.Send(resp); err != nil {
+			return nil
 		}
 	}
-	return d.answer(req)
+	return nil
 }
 
-func (d *leaderDouble) callsSoFar() [][]string {
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	return slices.Clone(d.calls)
+func (l *streamLeader) msgsSoFar() [][]string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return slices.Clone(l.msgs)
+}
+
+func (l *streamLeader) streamsSoFar() int {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.streams
+}
+
+// serveInternal serves srv on a loopback port and returns a client of it.
+func serveInternal(t *testing.T, srv meshcav1.InternalServer) meshcav1.InternalClient {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := grpc.NewServer()
+	meshcav1.RegisterInternalServer(s, srv)
+	go s.Serve(ln)
+	t.Cleanup(s.Stop)
+	cc, err := grpc.NewClient("passthrough:///"+ln.Addr().String(), grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cc.Close() })
+	return meshcav1.NewInternalClient(cc)
 }
 
 // echo answers every command with "r:<command>", except commands starting with "fail", which
@@ -75,54 +124,59 @@ type forwardOutcome struct {
 	err    error
 }
 
-// forwardAll submits cmds one after another (each waiting until its call or queue slot is
-// taken) and collects the outcomes.
-func forwardAll(t *testing.T, b *forwardBatcher, d *leaderDouble, cmds []string, wantCalls int) chan forwardOutcome {
-	t.Helper()
-	out := make(chan forwardOutcome, len(cmds))
-	for _, c := range cmds {
-		go func() {
-			res, err := b.forward(context.Background(), []byte(c))
-			out <- forwardOutcome{cmd: c, result: string(res), err: err}
-		}()
-		// Submit in order: wait until the command is in a call or in the queue.
-		waitFor(t, "command "+c+" in a call or queued", func() bool {
-			b.mu.Lock()
-			defer b.mu.Unlock()
-			n := len(b.queue)
-			for _, call := range d.callsSoFar() {
-				n += len(call)
-			}
-			return n >= slices.Index(cmds, c)+1
-		})
-	}
-	waitFor(t, "the calls in flight", func() bool { return len(d.callsSoFar()) >= wantCalls })
-	return out
+// forwardAsync forwards cmd on its own goroutine and delivers the outcome to out.
+func forwardAsync(ctx context.Context, b *forwardBatcher, cmd string, out chan<- forwardOutcome) {
+	go func() {
+		res, err := b.forward(ctx, []byte(cmd))
+		out <- forwardOutcome{cmd: cmd, result: string(res), err: err}
+	}()
 }
 
-// singles names the commands that fill every slot, each in a call of its own.
-func singles() []string {
-	var cmds []string
-	for i := range forwardMaxInFlight {
-		cmds = append(cmds, fmt.Sprintf("s%d", i))
-	}
-	return cmds
+func queued(b *forwardBatcher) int {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return len(b.queue)
 }
 
-func TestForwardBatcherSendsWhatQueuedBehindCallsInFlight(t *testing.T) {
-	d := &leaderDouble{release: make(chan struct{}), answer: echo}
-	var sizes []int
+// holdSender returns an observe function that blocks the sender at its first batch until the
+// returned release is called, and records every batch size.
+func holdSender() (observe func(int), held chan struct{}, release func(), sizes func() []int) {
 	var mu sync.Mutex
-	b := newForwardBatcher(d, func(n int) { mu.Lock(); sizes = append(sizes, n); mu.Unlock() })
-	queued := []string{"q0", "fail1", "q2", "q3"}
-	cmds := append(singles(), queued...)
-	out := forwardAll(t, b, d, cmds, forwardMaxInFlight)
-	// The first commands each went at once, one per slot; the rest wait in the queue.
-	if got := d.callsSoFar(); len(got) != forwardMaxInFlight {
-		t.Fatalf("calls before release = %v, want %d single-command calls", got, forwardMaxInFlight)
+	var got []int
+	held = make(chan struct{})
+	gate := make(chan struct{})
+	var once sync.Once
+	observe = func(n int) {
+		mu.Lock()
+		got = append(got, n)
+		first := len(got) == 1
+		mu.Unlock()
+		if first {
+			close(held)
+			<-gate
+		}
 	}
-	close(d.release)
-	for range cmds {
+	release = func() { once.Do(func() { close(gate) }) }
+	sizes = func() []int { mu.Lock(); defer mu.Unlock(); return slices.Clone(got) }
+	return observe, held, release, sizes
+}
+
+func TestForwardBatcherSendsWhatQueuedWhileItSent(t *testing.T) {
+	l := &streamLeader{answer: echo}
+	observe, held, release, sizes := holdSender()
+	defer release()
+	b := newForwardBatcher(serveInternal(t, l), observe)
+	out := make(chan forwardOutcome, 8)
+	forwardAsync(context.Background(), b, "s0", out)
+	<-held
+	// While the sender is busy with s0, the next commands queue; they go in one message.
+	later := []string{"q0", "fail1", "q2", "q3"}
+	for i, c := range later {
+		forwardAsync(context.Background(), b, c, out)
+		waitFor(t, c+" queued", func() bool { return queued(b) == i+1 })
+	}
+	release()
+	for range 1 + len(later) {
 		o := <-out
 		switch {
 		case o.cmd == "fail1":
@@ -133,95 +187,135 @@ func TestForwardBatcherSendsWhatQueuedBehindCallsInFlight(t *testing.T) {
 			t.Errorf("%s: result %q, err %v; want r:%s", o.cmd, o.result, o.err, o.cmd)
 		}
 	}
-	var want [][]string
-	var wantSizes []int
-	for _, c := range singles() {
-		want = append(want, []string{c})
-		wantSizes = append(wantSizes, 1)
+	if msgs, want := l.msgsSoFar(), [][]string{{"s0"}, later}; !slices.EqualFunc(msgs, want, slices.Equal) {
+		t.Fatalf("messages = %v, want %v", msgs, want)
 	}
-	want = append(want, queued)
-	wantSizes = append(wantSizes, len(queued))
-	if calls := d.callsSoFar(); !slices.EqualFunc(calls, want, slices.Equal) {
-		t.Fatalf("calls = %v, want %v", calls, want)
+	if got := sizes(); !slices.Equal(got, []int{1, len(later)}) {
+		t.Fatalf("observed sizes = %v, want [1 %d]", got, len(later))
 	}
-	mu.Lock()
-	defer mu.Unlock()
-	if !slices.Equal(sizes, wantSizes) {
-		t.Fatalf("observed sizes = %v, want %v", sizes, wantSizes)
+	if n := l.streamsSoFar(); n != 1 {
+		t.Fatalf("%d streams, want every batch on one", n)
 	}
 }
 
-func TestForwardBatcherFailsEveryCommandOfAFailedOrShortCall(t *testing.T) {
-	// The singles go one per call; a and b queue behind them and go together.
-	for name, tc := range map[string]struct {
-		answer             func(*meshcav1.ForwardRequest) (*meshcav1.ForwardResponse, error)
-		single, afterwards codes.Code
-	}{
-		"call fails": {
-			answer: func(*meshcav1.ForwardRequest) (*meshcav1.ForwardResponse, error) {
-				return nil, status.Error(codes.FailedPrecondition, "not the leader")
-			},
-			single: codes.FailedPrecondition, afterwards: codes.FailedPrecondition,
-		},
-		"one result for every call": {
-			answer: func(*meshcav1.ForwardRequest) (*meshcav1.ForwardResponse, error) {
-				return &meshcav1.ForwardResponse{Results: []*meshcav1.ForwardResult{{Result: []byte("x")}}}, nil
-			},
-			single: codes.OK, afterwards: codes.Internal,
-		},
-	} {
-		t.Run(name, func(t *testing.T) {
-			d := &leaderDouble{release: make(chan struct{}), answer: tc.answer}
-			b := newForwardBatcher(d, nil)
-			cmds := append(singles(), "a", "b")
-			out := forwardAll(t, b, d, cmds, forwardMaxInFlight)
-			close(d.release)
-			for range cmds {
-				o := <-out
-				want := tc.single
-				if o.cmd == "a" || o.cmd == "b" {
-					want = tc.afterwards
-				}
-				if got := status.Code(o.err); got != want {
-					t.Errorf("%s: %v, want code %v", o.cmd, o.err, want)
-				}
+// A batch leaves without waiting for the answers to earlier ones, and the answers, which come
+// in order, reach the right callers.
+func TestForwardBatcherSendsBeforeEarlierAnswers(t *testing.T) {
+	l := &streamLeader{release: make(chan struct{}), answer: echo}
+	b := newForwardBatcher(serveInternal(t, l), nil)
+	out := make(chan forwardOutcome, 3)
+	for i, c := range []string{"a", "b", "c"} {
+		forwardAsync(context.Background(), b, c, out)
+		// The leader holds every answer; the next command still reaches it.
+		waitFor(t, c+" at the leader", func() bool {
+			n := 0
+			for _, m := range l.msgsSoFar() {
+				n += len(m)
 			}
+			return n == i+1
 		})
 	}
+	close(l.release)
+	for range 3 {
+		if o := <-out; o.err != nil || o.result != "r:"+o.cmd {
+			t.Errorf("%s: result %q, err %v; want r:%s", o.cmd, o.result, o.err, o.cmd)
+		}
+	}
 }
 
-func TestForwardBatcherDropsCallersThatGaveUpAndEndsAbandonedCalls(t *testing.T) {
-	d := &leaderDouble{release: make(chan struct{}), answer: echo}
-	b := newForwardBatcher(d, nil)
-	ctx, cancel := context.WithCancel(context.Background())
-	errs := make(chan error, 1)
-	go func() {
-		_, err := b.forward(ctx, []byte("abandoned"))
-		errs <- err
-	}()
-	waitFor(t, "the first call", func() bool { return len(d.callsSoFar()) == 1 })
-	// A caller that gives up gets its context's error at once, and the call it was alone in
-	// ends instead of waiting for the leader.
-	cancel()
-	if err := <-errs; err != context.Canceled {
-		t.Fatalf("err = %v, want context.Canceled", err)
+func TestForwardBatcherFailsTheBatchesOfABrokenStreamAndOpensAnother(t *testing.T) {
+	l := &streamLeader{release: make(chan struct{}), answer: func(req *meshcav1.ForwardRequest) (*meshcav1.ForwardResponse, error) {
+		if string(req.GetCommands()[0]) == "break" {
+			return nil, status.Error(codes.Unavailable, "leader went away")
+		}
+		return echo(req)
+	}}
+	b := newForwardBatcher(serveInternal(t, l), nil)
+	out := make(chan forwardOutcome, 2)
+	forwardAsync(context.Background(), b, "break", out)
+	waitFor(t, "break at the leader", func() bool { return len(l.msgsSoFar()) == 1 })
+	forwardAsync(context.Background(), b, "waiting", out)
+	waitFor(t, "waiting at the leader", func() bool { return len(l.msgsSoFar()) == 2 })
+	close(l.release)
+	// The stream ends at "break": both batches on it fail with its status, "waiting" too,
+	// though the leader had it (its outcome is unknown; the caller retries).
+	for range 2 {
+		if o := <-out; status.Code(o.err) != codes.Unavailable {
+			t.Errorf("%s: %v, want Unavailable", o.cmd, o.err)
+		}
 	}
-	waitFor(t, "the abandoned call to end", func() bool { d.mu.Lock(); defer d.mu.Unlock(); return len(d.ended) == 1 })
+	res, err := b.forward(context.Background(), []byte("after"))
+	if err != nil || string(res) != "r:after" {
+		t.Fatalf("after the break: %q, %v; want r:after on a new stream", res, err)
+	}
+	if n := l.streamsSoFar(); n != 2 {
+		t.Fatalf("%d streams, want 2", n)
+	}
+}
 
-	// A command whose caller gave up while it was queued is not sent.
-	ctx2, cancel2 := context.WithCancel(context.Background())
-	b.mu.Lock()
-	b.inFlight = forwardMaxInFlight // hold the slots so commands queue
-	b.mu.Unlock()
-	go func() { _, err := b.forward(ctx2, []byte("gone")); errs <- err }()
-	waitFor(t, "the command queued", func() bool { b.mu.Lock(); defer b.mu.Unlock(); return len(b.queue) == 1 })
-	cancel2()
-	<-errs
+func TestForwardBatcherFailsEveryCommandOfAShortAnswer(t *testing.T) {
+	l := &streamLeader{answer: func(req *meshcav1.ForwardRequest) (*meshcav1.ForwardResponse, error) {
+		return &meshcav1.ForwardResponse{Results: []*meshcav1.ForwardResult{{Result: []byte("x")}}}, nil
+	}}
+	observe, held, release, _ := holdSender()
+	b := newForwardBatcher(serveInternal(t, l), observe)
+	out := make(chan forwardOutcome, 3)
+	forwardAsync(context.Background(), b, "single", out)
+	<-held
+	forwardAsync(context.Background(), b, "a", out)
+	forwardAsync(context.Background(), b, "b", out)
+	waitFor(t, "a and b queued", func() bool { return queued(b) == 2 })
+	release()
+	for range 3 {
+		o := <-out
+		want := codes.Internal
+		if o.cmd == "single" {
+			want = codes.OK
+		}
+		if got := status.Code(o.err); got != want {
+			t.Errorf("%s: %v, want code %v", o.cmd, o.err, want)
+		}
+	}
+}
+
+func TestForwardBatcherDropsCallersThatGaveUp(t *testing.T) {
+	l := &streamLeader{answer: echo}
+	observe, held, release, _ := holdSender()
+	defer release()
+	b := newForwardBatcher(serveInternal(t, l), observe)
+	out := make(chan forwardOutcome, 2)
+	forwardAsync(context.Background(), b, "first", out)
+	<-held
+	// A caller that gives up while its command is queued gets its context's error at once,
+	// and its command is not sent.
+	ctx, cancel := context.WithCancel(context.Background())
+	forwardAsync(ctx, b, "gone", out)
+	waitFor(t, "the command queued", func() bool { return queued(b) == 1 })
+	cancel()
+	if o := <-out; o.cmd != "gone" || o.err != context.Canceled {
+		t.Fatalf("%s: %v, want gone: context.Canceled", o.cmd, o.err)
+	}
 	b.mu.Lock()
 	if batch := b.take(); len(batch) != 0 {
 		t.Errorf("take() = %d commands, want the abandoned one dropped", len(batch))
 	}
 	b.mu.Unlock()
+}
+
+func TestForwardBatcherAfterClose(t *testing.T) {
+	l := &streamLeader{release: make(chan struct{}), answer: echo}
+	b := newForwardBatcher(serveInternal(t, l), nil)
+	out := make(chan forwardOutcome, 1)
+	forwardAsync(context.Background(), b, "pending", out)
+	waitFor(t, "pending at the leader", func() bool { return len(l.msgsSoFar()) == 1 })
+	b.close()
+	if o := <-out; status.Code(o.err) != codes.Unavailable {
+		t.Fatalf("pending: %v, want Unavailable once the batcher is closed", o.err)
+	}
+	if _, err := b.forward(context.Background(), []byte("later")); status.Code(err) != codes.Unavailable {
+		t.Fatalf("later: %v, want Unavailable", err)
+	}
+	close(l.release)
 }
 
 func TestForwardTakeBoundsABatch(t *testing.T) {
@@ -245,20 +339,27 @@ func TestForwardTakeBoundsABatch(t *testing.T) {
 	}
 }
 
-func TestForwardRefusesMalformedRequests(t *testing.T) {
-	s := &internalServer{}
+func malformedForwardRequests() map[string]struct {
+	cmds [][]byte
+	want string
+} {
 	tooMany := make([][]byte, forwardBatchMax+1)
 	for i := range tooMany {
 		tooMany[i] = []byte("x")
 	}
-	for name, tc := range map[string]struct {
+	return map[string]struct {
 		cmds [][]byte
 		want string
 	}{
 		"no commands":   {nil, "commands: must hold at least one command"},
 		"empty command": {[][]byte{[]byte("a"), nil}, "commands[1]: must not be empty"},
 		"too many":      {tooMany, fmt.Sprintf("commands: %d commands, at most %d per call", forwardBatchMax+1, forwardBatchMax)},
-	} {
+	}
+}
+
+func TestForwardRefusesMalformedRequests(t *testing.T) {
+	s := &internalServer{}
+	for name, tc := range malformedForwardRequests() {
 		_, err := s.Forward(context.Background(), &meshcav1.ForwardRequest{Commands: tc.cmds})
 		if status.Code(err) != codes.InvalidArgument || status.Convert(err).Message() != tc.want {
 			t.Errorf("%s: %v, want InvalidArgument %q", name, err, tc.want)
@@ -266,7 +367,35 @@ func TestForwardRefusesMalformedRequests(t *testing.T) {
 	}
 }
 
-// A busy follower forwards many commands per call, and every caller still gets its own result.
+// On the stream a malformed request is answered with the refusal for each of its commands (one
+// result for a request without any), and the stream goes on.
+func TestForwardStreamAnswersMalformedRequestsAndGoesOn(t *testing.T) {
+	client := serveInternal(t, &internalServer{})
+	s, err := client.ForwardStream(t.Context())
+	if err != nil {
+		t.Fatal(err)
+	}
+	for name, tc := range malformedForwardRequests() {
+		if err := s.Send(&meshcav1.ForwardRequest{Commands: tc.cmds}); err != nil {
+			t.Fatalf("%s: send: %v", name, err)
+		}
+		resp, err := s.Recv()
+		if err != nil {
+			t.Fatalf("%s: the stream ended: %v", name, err)
+		}
+		if want := max(len(tc.cmds), 1); len(resp.GetResults()) != want {
+			t.Fatalf("%s: %d results, want %d", name, len(resp.GetResults()), want)
+		}
+		for i, r := range resp.GetResults() {
+			if codes.Code(r.GetCode()) != codes.InvalidArgument || r.GetMessage() != tc.want {
+				t.Errorf("%s: result %d: %v %q, want InvalidArgument %q", name, i, codes.Code(r.GetCode()), r.GetMessage(), tc.want)
+			}
+		}
+	}
+}
+
+// A busy follower forwards many commands per message, and every caller still gets its own
+// result.
 func TestFollowerBatchesConcurrentProposals(t *testing.T) {
 	c := newTestCluster(t, 3, nil)
 	leader := c.waitLeader()
@@ -303,9 +432,9 @@ func TestFollowerBatchesConcurrentProposals(t *testing.T) {
 		t.Fatalf("forwarded %v commands, want %d", cmds, clients*each)
 	}
 	if calls >= uint64(clients*each) {
-		t.Fatalf("%d Forward calls for %d commands: no batching", calls, clients*each)
+		t.Fatalf("%d forwarded messages for %d commands: no batching", calls, clients*each)
 	}
-	t.Logf("%d commands in %d Forward calls (%.1f per call)", clients*each, calls, cmds/float64(calls))
+	t.Logf("%d commands in %d forwarded messages (%.1f per message)", clients*each, calls, cmds/float64(calls))
 	c.waitConverged()
 	for i, f := range c.fsms {
 		if f.Len() != clients*each {
@@ -314,7 +443,7 @@ func TestFollowerBatchesConcurrentProposals(t *testing.T) {
 	}
 }
 
-// forwardedSoFar returns how many Forward calls n made and how many commands they carried.
+// forwardedSoFar returns how many batches n forwarded and how many commands they carried.
 func forwardedSoFar(t testing.TB, n *Node) (calls uint64, cmds float64) {
 	t.Helper()
 	var m dto.Metric

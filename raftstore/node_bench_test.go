@@ -187,7 +187,7 @@ func BenchmarkPropose(b *testing.B) {
 				b.Run(fmt.Sprintf("%s/c=%d", path.name, conc), func(b *testing.B) {
 					calls, cmds := forwardedSoFar(b, c.nodes[path.node])
 					runLoad(b, conc, int(benchRun.Add(1)), fx, proposeOn(c.nodes[path.node]))
-					// How many commands a follower's Forward call carried on average.
+					// How many commands a follower's forwarded message carried on average.
 					if calls2, cmds2 := forwardedSoFar(b, c.nodes[path.node]); calls2 > calls {
 						b.ReportMetric((cmds2-cmds)/float64(calls2-calls), "cmds/forward")
 					}

@@ -36,7 +36,7 @@ type nodeMetrics struct {
 	refused *prometheus.CounterVec
 	propose *prometheus.HistogramVec
 	leader  prometheus.Gauge
-	// forwardBatch counts the commands of each Forward call a follower makes.
+	// forwardBatch counts the commands of each batch a follower forwards.
 	forwardBatch prometheus.Histogram
 }
 
@@ -57,7 +57,7 @@ func newNodeMetrics(reg prometheus.Registerer) (*nodeMetrics, error) {
 		}),
 		forwardBatch: prometheus.NewHistogram(prometheus.HistogramOpts{
 			Name:    "meshca_raft_forward_batch_commands",
-			Help:    "Commands a follower sent to the leader in one Forward call.",
+			Help:    "Commands a follower sent to the leader in one forwarded message.",
 			Buckets: prometheus.ExponentialBuckets(1, 2, 9),
 		}),
 	}

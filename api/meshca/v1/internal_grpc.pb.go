@@ -20,6 +20,7 @@ const _ = grpc.SupportPackageIsVersion9
 
 const (
 	Internal_Forward_FullMethodName            = "/meshca.v1.Internal/Forward"
+	Internal_ForwardStream_FullMethodName      = "/meshca.v1.Internal/ForwardStream"
 	Internal_AddVoter_FullMethodName           = "/meshca.v1.Internal/AddVoter"
 	Internal_RemoveServer_FullMethodName       = "/meshca.v1.Internal/RemoveServer"
 	Internal_TransferLeadership_FullMethodName = "/meshca.v1.Internal/TransferLeadership"
@@ -36,6 +37,12 @@ type InternalClient interface {
 	// it answers after every command is committed and applied, with one result per command.
 	// A follower sends the commands of its concurrent callers together.
 	Forward(ctx context.Context, in *ForwardRequest, opts ...grpc.CallOption) (*ForwardResponse, error)
+	// ForwardStream is Forward on one long-lived stream, the way followers forward: a follower
+	// sends each batch of commands as it forms, without waiting for earlier answers, and the
+	// leader answers every request message with one response message, in the order of the
+	// requests. A request it refuses (too many commands, an empty command, not the leader) is
+	// answered with a status per command; the stream goes on.
+	ForwardStream(ctx context.Context, opts ...grpc.CallOption) (grpc.BidiStreamingClient[ForwardRequest, ForwardResponse], error)
 	// AddVoter adds a server to the Raft configuration as a voter. Leader only.
 	AddVoter(ctx context.Context, in *AddVoterRequest, opts ...grpc.CallOption) (*AddVoterResponse, error)
 	// RemoveServer removes a server from the Raft configuration. Leader only.
@@ -61,6 +68,19 @@ func (c *internalClient) Forward(ctx context.Context, in *ForwardRequest, opts .
 	}
 	return out, nil
 }
+
+func (c *internalClient) ForwardStream(ctx context.Context, opts ...grpc.CallOption) (grpc.BidiStreamingClient[ForwardRequest, ForwardResponse], error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	stream, err := c.cc.NewStream(ctx, &Internal_ServiceDesc.Streams[0], Internal_ForwardStream_FullMethodName, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	x := &grpc.GenericClientStream[ForwardRequest, ForwardResponse]{ClientStream: stream}
+	return x, nil
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type Internal_ForwardStreamClient = grpc.BidiStreamingClient[ForwardRequest, ForwardResponse]
 
 func (c *internalClient) AddVoter(ctx context.Context, in *AddVoterRequest, opts ...grpc.CallOption) (*AddVoterResponse, error) {
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
@@ -103,6 +123,12 @@ type InternalServer interface {
 	// it answers after every command is committed and applied, with one result per command.
 	// A follower sends the commands of its concurrent callers together.
 	Forward(context.Context, *ForwardRequest) (*ForwardResponse, error)
+	// ForwardStream is Forward on one long-lived stream, the way followers forward: a follower
+	// sends each batch of commands as it forms, without waiting for earlier answers, and the
+	// leader answers every request message with one response message, in the order of the
+	// requests. A request it refuses (too many commands, an empty command, not the leader) is
+	// answered with a status per command; the stream goes on.
+	ForwardStream(grpc.BidiStreamingServer[ForwardRequest, ForwardResponse]) error
 	// AddVoter adds a server to the Raft configuration as a voter. Leader only.
 	AddVoter(context.Context, *AddVoterRequest) (*AddVoterResponse, error)
 	// RemoveServer removes a server from the Raft configuration. Leader only.
@@ -121,6 +147,9 @@ type UnimplementedInternalServer struct{}
 
 func (UnimplementedInternalServer) Forward(context.Context, *ForwardRequest) (*ForwardResponse, error) {
 	return nil, status.Errorf(codes.Unimplemented, "method Forward not implemented")
+}
+func (UnimplementedInternalServer) ForwardStream(grpc.BidiStreamingServer[ForwardRequest, ForwardResponse]) error {
+	return status.Errorf(codes.Unimplemented, "method ForwardStream not implemented")
 }
 func (UnimplementedInternalServer) AddVoter(context.Context, *AddVoterRequest) (*AddVoterResponse, error) {
 	return nil, status.Errorf(codes.Unimplemented, "method AddVoter not implemented")
@@ -169,6 +198,13 @@ func _Internal_Forward_Handler(srv interface{}, ctx context.Context, dec func(in
 	}
 	return interceptor(ctx, in, info, handler)
 }
+
+func _Internal_ForwardStream_Handler(srv interface{}, stream grpc.ServerStream) error {
+	return srv.(InternalServer).ForwardStream(&grpc.GenericServerStream[ForwardRequest, ForwardResponse]{ServerStream: stream})
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type Internal_ForwardStreamServer = grpc.BidiStreamingServer[ForwardRequest, ForwardResponse]
 
 func _Internal_AddVoter_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
 	in := new(AddVoterRequest)
@@ -248,6 +284,13 @@ var Internal_ServiceDesc = grpc.ServiceDesc{
 			Handler:    _Internal_TransferLeadership_Handler,
 		},
 	},
-	Streams:  []grpc.StreamDesc{},
+	Streams: []grpc.StreamDesc{
+		{
+			StreamName:    "ForwardStream",
+			Handler:       _Internal_ForwardStream_Handler,
+			ServerStreams: true,
+			ClientStreams: true,
+		},
+	},
 	Metadata: "meshca/v1/internal.proto",
 }
