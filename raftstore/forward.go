@@ -29,9 +29,9 @@ const (
 	defaultProposeTimeout = 30 * time.Second
 )
 
-// internalKeepalive is how often a follower pings the leader while it has a stream open, and
-// how long it waits for the answer before it fails the stream.
-const internalKeepalive = 5 * time.Second
+// internalKeepalive is how often a follower pings the leader while it has a stream open (gRPC's
+// least interval), and how long it waits for the answer before it fails the stream.
+const internalKeepalive = 10 * time.Second
 
 // errRetry marks an attempt whose failure is worth retrying with the (possibly new) leader.
 var errRetry = errors.New("retry with the leader")
