@@ -31,7 +31,7 @@ type forwardBatcher struct {
 	mu      sync.Mutex
 	queue   []*pendingForward
 	sending bool           // the sender runs
-	stream  *forwardStream // the current stream; nil before the first send or once broken
+	stream  *forwardStream // the current stream: nil before the first; the sender replaces a broken one
 	closed  bool
 }
 
@@ -74,7 +74,7 @@ func (b *forwardBatcher) forward(ctx context.Context, cmd []byte) ([]byte, error
 	b.mu.Lock()
 	if b.closed {
 		b.mu.Unlock()
-		return nil, status.Error(codes.Unavailable, "raftstore: forward: the node is shutting down")
+		return nil, errBatcherClosed
 	}
 	b.queue = append(b.queue, p)
 	if !b.sending {
@@ -90,7 +90,9 @@ func (b *forwardBatcher) forward(ctx context.Context, cmd []byte) ([]byte, error
 	}
 }
 
-// send sends batches until the queue is empty, then ends; forward starts it again.
+// send sends batches until the queue is empty, then ends; forward starts it again. Only one
+// sender runs at a time, so it alone opens streams, and it does so without holding b.mu: opening
+// may wait for the connection, and callers must still be able to queue and give up meanwhile.
 func (b *forwardBatcher) send() {
 	for {
 		b.mu.Lock()
@@ -100,8 +102,15 @@ func (b *forwardBatcher) send() {
 			b.mu.Unlock()
 			return
 		}
-		st, err := b.streamLocked()
+		st, closed := b.stream, b.closed
 		b.mu.Unlock()
+		var err error
+		switch {
+		case closed:
+			err = errBatcherClosed
+		case st == nil || st.isBroken():
+			st, err = b.open()
+		}
 		if err != nil {
 			for _, p := range batch {
 				p.finish(nil, err)
@@ -112,15 +121,11 @@ func (b *forwardBatcher) send() {
 	}
 }
 
-// streamLocked returns the current stream, opening one when there is none or it broke. The
-// caller holds b.mu.
-func (b *forwardBatcher) streamLocked() (*forwardStream, error) {
-	if b.closed {
-		return nil, status.Error(codes.Unavailable, "raftstore: forward: the node is shutting down")
-	}
-	if b.stream != nil && !b.stream.isBroken() {
-		return b.stream, nil
-	}
+// errBatcherClosed is what commands get once the node is shutting down.
+var errBatcherClosed = status.Error(codes.Unavailable, "raftstore: forward: the node is shutting down")
+
+// open starts a stream and makes it the current one. It is called by the sender only.
+func (b *forwardBatcher) open() (*forwardStream, error) {
 	ctx, cancel := context.WithCancel(context.Background())
 	s, err := b.client.ForwardStream(ctx)
 	if err != nil {
@@ -128,7 +133,14 @@ func (b *forwardBatcher) streamLocked() (*forwardStream, error) {
 		return nil, err
 	}
 	st := &forwardStream{cancel: cancel, s: s}
+	b.mu.Lock()
+	if b.closed {
+		b.mu.Unlock()
+		st.fail(errBatcherClosed)
+		return nil, errBatcherClosed
+	}
 	b.stream = st
+	b.mu.Unlock()
 	go st.receive()
 	return st, nil
 }
@@ -166,7 +178,7 @@ func (b *forwardBatcher) close() {
 	st := b.stream
 	b.mu.Unlock()
 	if st != nil {
-		st.fail(status.Error(codes.Unavailable, "raftstore: forward: the node is shutting down"))
+		st.fail(errBatcherClosed)
 	}
 }
 

@@ -7,6 +7,7 @@ import (
 	"slices"
 	"sync"
 	"testing"
+	"time"
 
 	dto "github.com/prometheus/client_model/go"
 	"google.golang.org/grpc"
@@ -316,6 +317,53 @@ func TestForwardBatcherAfterClose(t *testing.T) {
 		t.Fatalf("later: %v, want Unavailable", err)
 	}
 	close(l.release)
+}
+
+// stuckClient is a leader whose ForwardStream does not open until released, as when the
+// connection to it is still being attempted.
+type stuckClient struct {
+	meshcav1.InternalClient
+	release chan struct{}
+}
+
+func (c stuckClient) ForwardStream(ctx context.Context, _ ...grpc.CallOption) (meshcav1.Internal_ForwardStreamClient, error) {
+	select {
+	case <-c.release:
+		return nil, status.Error(codes.Unavailable, "connection refused")
+	case <-ctx.Done():
+		return nil, status.FromContextError(ctx.Err()).Err()
+	}
+}
+
+// While a stream is being opened, other callers can still queue and give up on time.
+func TestForwardBatcherCallersGiveUpWhileAStreamOpens(t *testing.T) {
+	c := stuckClient{release: make(chan struct{})}
+	b := newForwardBatcher(c, nil)
+	out := make(chan forwardOutcome, 3)
+	first, cancel := context.WithCancel(context.Background())
+	forwardAsync(first, b, "first", out)
+	waitFor(t, "the sender to take the first command", func() bool {
+		b.mu.Lock()
+		defer b.mu.Unlock()
+		return b.sending && len(b.queue) == 0
+	})
+	ctx, cancel2 := context.WithTimeout(context.Background(), 50*time.Millisecond)
+	defer cancel2()
+	forwardAsync(ctx, b, "second", out)
+	if o := <-out; o.cmd != "second" || o.err != context.DeadlineExceeded {
+		t.Fatalf("%s: %v, want second: its own deadline while the stream is still opening", o.cmd, o.err)
+	}
+	cancel()
+	if o := <-out; o.cmd != "first" || o.err != context.Canceled {
+		t.Fatalf("%s: %v, want first: context.Canceled", o.cmd, o.err)
+	}
+	// When opening fails, the command that was taken fails with that error; the next caller
+	// gets the same.
+	close(c.release)
+	forwardAsync(context.Background(), b, "third", out)
+	if o := <-out; status.Code(o.err) != codes.Unavailable {
+		t.Fatalf("%s: %v, want Unavailable from the failed open", o.cmd, o.err)
+	}
 }
 
 func TestForwardTakeBoundsABatch(t *testing.T) {
