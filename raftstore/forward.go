@@ -212,25 +212,7 @@ func newInternalServer(n *Node) *grpc.Server {
 	return s
 }
 
-// Forward applies a follower's commands on the leader. Every command is handed to Raft before
-// the first result is awaited, so they share log appends and fsyncs.
-func (s *internalServer) Forward(ctx context.Context, req *meshcav1.ForwardRequest) (*meshcav1.ForwardResponse, error) {
-	if err := checkForwardRequest(req); err != nil {
-		return nil, err
-	}
-	if err := s.requireLeader(); err != nil {
-		return nil, err
-	}
-	futures := s.propose(req.GetCommands(), timeoutOf(ctx, defaultProposeTimeout))
-	resp := &meshcav1.ForwardResponse{Results: make([]*meshcav1.ForwardResult, len(futures))}
-	for i, f := range futures {
-		res, err := s.node.applyResult(ctx, f)
-		resp.Results[i] = forwardResult(res, err)
-	}
-	return resp, nil
-}
-
-// checkForwardRequest checks the shape of a Forward request, with a gRPC status error naming
+// checkForwardRequest checks the shape of a forwarded request, with a gRPC status error naming
 // the field and the rule.
 func checkForwardRequest(req *meshcav1.ForwardRequest) error {
 	cmds := req.GetCommands()
@@ -238,7 +220,7 @@ func checkForwardRequest(req *meshcav1.ForwardRequest) error {
 		return status.Error(codes.InvalidArgument, "commands: must hold at least one command")
 	}
 	if len(cmds) > forwardBatchMax {
-		return status.Errorf(codes.InvalidArgument, "commands: %d commands, at most %d per call", len(cmds), forwardBatchMax)
+		return status.Errorf(codes.InvalidArgument, "commands: %d commands, at most %d per message", len(cmds), forwardBatchMax)
 	}
 	for i, c := range cmds {
 		if len(c) == 0 {
@@ -249,11 +231,11 @@ func checkForwardRequest(req *meshcav1.ForwardRequest) error {
 }
 
 // propose hands every command to Raft, in order, and returns their futures.
-func (s *internalServer) propose(cmds [][]byte, timeout time.Duration) []raft.ApplyFuture {
+func (s *internalServer) propose(cmds [][]byte) []raft.ApplyFuture {
 	r := s.node.raft.Load()
 	futures := make([]raft.ApplyFuture, len(cmds))
 	for i, c := range cmds {
-		futures[i] = r.Apply(c, timeout)
+		futures[i] = r.Apply(c, defaultProposeTimeout)
 	}
 	return futures
 }
@@ -274,7 +256,8 @@ const forwardStreamDepth = 1024
 // ForwardStream applies the commands a follower sends on one stream. Each request message is
 // handed to Raft as it arrives; a responder answers the messages in order as their commands
 // are applied, so the follower need not wait for one answer before sending the next batch. A
-// request that Forward would refuse is answered with that status for each of its commands.
+// malformed request, or any request while this node does not lead, is answered with that
+// status for each of its commands.
 func (s *internalServer) ForwardStream(stream meshcav1.Internal_ForwardStreamServer) error {
 	type pending struct {
 		futures []raft.ApplyFuture
@@ -319,7 +302,7 @@ func (s *internalServer) ForwardStream(stream meshcav1.Internal_ForwardStreamSer
 		} else if err := s.requireLeader(); err != nil {
 			a.refused = err
 		} else {
-			a.futures = s.propose(req.GetCommands(), defaultProposeTimeout)
+			a.futures = s.propose(req.GetCommands())
 		}
 		answers <- a
 	}

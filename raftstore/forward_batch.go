@@ -41,7 +41,7 @@ type pendingForward struct {
 	cmd    []byte
 	done   chan struct{}
 	result []byte
-	err    error // a gRPC status error, as a single Forward call would return
+	err    error // a gRPC status error: the leader's answer for the command, or the stream's
 }
 
 func (p *pendingForward) finish(result []byte, err error) {

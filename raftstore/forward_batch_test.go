@@ -387,43 +387,26 @@ func TestForwardTakeBoundsABatch(t *testing.T) {
 	}
 }
 
-func malformedForwardRequests() map[string]struct {
-	cmds [][]byte
-	want string
-} {
+// On the stream a malformed request is answered with the refusal for each of its commands (one
+// result for a request without any), and the stream goes on.
+func TestForwardStreamAnswersMalformedRequestsAndGoesOn(t *testing.T) {
 	tooMany := make([][]byte, forwardBatchMax+1)
 	for i := range tooMany {
 		tooMany[i] = []byte("x")
 	}
-	return map[string]struct {
-		cmds [][]byte
-		want string
-	}{
-		"no commands":   {nil, "commands: must hold at least one command"},
-		"empty command": {[][]byte{[]byte("a"), nil}, "commands[1]: must not be empty"},
-		"too many":      {tooMany, fmt.Sprintf("commands: %d commands, at most %d per call", forwardBatchMax+1, forwardBatchMax)},
-	}
-}
-
-func TestForwardRefusesMalformedRequests(t *testing.T) {
-	s := &internalServer{}
-	for name, tc := range malformedForwardRequests() {
-		_, err := s.Forward(context.Background(), &meshcav1.ForwardRequest{Commands: tc.cmds})
-		if status.Code(err) != codes.InvalidArgument || status.Convert(err).Message() != tc.want {
-			t.Errorf("%s: %v, want InvalidArgument %q", name, err, tc.want)
-		}
-	}
-}
-
-// On the stream a malformed request is answered with the refusal for each of its commands (one
-// result for a request without any), and the stream goes on.
-func TestForwardStreamAnswersMalformedRequestsAndGoesOn(t *testing.T) {
 	client := serveInternal(t, &internalServer{})
 	s, err := client.ForwardStream(t.Context())
 	if err != nil {
 		t.Fatal(err)
 	}
-	for name, tc := range malformedForwardRequests() {
+	for name, tc := range map[string]struct {
+		cmds [][]byte
+		want string
+	}{
+		"no commands":   {nil, "commands: must hold at least one command"},
+		"empty command": {[][]byte{[]byte("a"), nil}, "commands[1]: must not be empty"},
+		"too many":      {tooMany, fmt.Sprintf("commands: %d commands, at most %d per message", forwardBatchMax+1, forwardBatchMax)},
+	} {
 		if err := s.Send(&meshcav1.ForwardRequest{Commands: tc.cmds}); err != nil {
 			t.Fatalf("%s: send: %v", name, err)
 		}

@@ -19,7 +19,6 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials"
-	"google.golang.org/grpc/status"
 
 	meshcav1 "github.com/meshca/meshca/api/meshca/v1"
 	"github.com/meshca/meshca/raftstore/internal/kvfsm"
@@ -167,9 +166,9 @@ func TestALPNRoutesConnectionsToRaftAndToGRPC(t *testing.T) {
 		ctx, cancel := context.WithTimeout(context.Background(), waitTimeout)
 		defer cancel()
 		cmds := [][]byte{kvfsm.Command("via-grpc", nil), kvfsm.Command("via-grpc-2", nil), kvfsm.Command("via-grpc", nil)}
-		resp, err := meshcav1.NewInternalClient(cc).Forward(ctx, &meshcav1.ForwardRequest{Commands: cmds})
+		resp, err := forwardOnce(ctx, cc, cmds)
 		if err != nil {
-			t.Fatalf("Forward over h2: %v", err)
+			t.Fatalf("ForwardStream over h2: %v", err)
 		}
 		// In order, one result each; the repeated id answers with its first result.
 		var got []string
@@ -184,7 +183,7 @@ func TestALPNRoutesConnectionsToRaftAndToGRPC(t *testing.T) {
 		}
 	})
 
-	t.Run("a follower answers Forward with FailedPrecondition", func(t *testing.T) {
+	t.Run("a follower answers forwarded commands with FailedPrecondition", func(t *testing.T) {
 		cc, err := grpc.NewClient("passthrough:///"+c.addrs[c.follower(leader)], grpc.WithTransportCredentials(credentials.NewTLS(dialerTLS(member, ALPNGRPC))))
 		if err != nil {
 			t.Fatal(err)
@@ -192,9 +191,12 @@ func TestALPNRoutesConnectionsToRaftAndToGRPC(t *testing.T) {
 		defer cc.Close()
 		ctx, cancel := context.WithTimeout(context.Background(), waitTimeout)
 		defer cancel()
-		_, err = meshcav1.NewInternalClient(cc).Forward(ctx, &meshcav1.ForwardRequest{Commands: [][]byte{kvfsm.Command("x", nil)}})
-		if status.Code(err) != codes.FailedPrecondition {
-			t.Fatalf("Forward on a follower: %v, want FailedPrecondition", err)
+		resp, err := forwardOnce(ctx, cc, [][]byte{kvfsm.Command("x", nil)})
+		if err != nil {
+			t.Fatalf("ForwardStream on a follower: %v", err)
+		}
+		if r := resp.GetResults(); len(r) != 1 || codes.Code(r[0].GetCode()) != codes.FailedPrecondition {
+			t.Fatalf("ForwardStream on a follower answered %v, want FailedPrecondition", r)
 		}
 	})
 
@@ -302,4 +304,16 @@ func TestANodeWithAnEmptyConfigurationAcceptsAnyServerOfItsTrustDomain(t *testin
 	if got := testutil.ToFloat64(c.nodes[0].metrics.refused.WithLabelValues(RefusedNotServer)); got != 1 {
 		t.Fatalf("not_server refusals = %v, want 1", got)
 	}
+}
+
+// forwardOnce sends one request on a new ForwardStream over cc and returns its answer.
+func forwardOnce(ctx context.Context, cc *grpc.ClientConn, cmds [][]byte) (*meshcav1.ForwardResponse, error) {
+	s, err := meshcav1.NewInternalClient(cc).ForwardStream(ctx)
+	if err != nil {
+		return nil, err
+	}
+	if err := s.Send(&meshcav1.ForwardRequest{Commands: cmds}); err != nil {
+		return nil, err
+	}
+	return s.Recv()
 }

@@ -460,9 +460,8 @@ const file_meshca_v1_internal_proto_rawDesc = "" +
 	"\x19TransferLeadershipRequest\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x18\n" +
 	"\aaddress\x18\x02 \x01(\tR\aaddress\"\x1c\n" +
-	"\x1aTransferLeadershipResponse2\x91\x03\n" +
-	"\bInternal\x12@\n" +
-	"\aForward\x12\x19.meshca.v1.ForwardRequest\x1a\x1a.meshca.v1.ForwardResponse\x12J\n" +
+	"\x1aTransferLeadershipResponse2\xcf\x02\n" +
+	"\bInternal\x12J\n" +
 	"\rForwardStream\x12\x19.meshca.v1.ForwardRequest\x1a\x1a.meshca.v1.ForwardResponse(\x010\x01\x12C\n" +
 	"\bAddVoter\x12\x1a.meshca.v1.AddVoterRequest\x1a\x1b.meshca.v1.AddVoterResponse\x12O\n" +
 	"\fRemoveServer\x12\x1e.meshca.v1.RemoveServerRequest\x1a\x1f.meshca.v1.RemoveServerResponse\x12a\n" +
@@ -494,18 +493,16 @@ var file_meshca_v1_internal_proto_goTypes = []any{
 }
 var file_meshca_v1_internal_proto_depIdxs = []int32{
 	2, // 0: meshca.v1.ForwardResponse.results:type_name -> meshca.v1.ForwardResult
-	0, // 1: meshca.v1.Internal.Forward:input_type -> meshca.v1.ForwardRequest
-	0, // 2: meshca.v1.Internal.ForwardStream:input_type -> meshca.v1.ForwardRequest
-	3, // 3: meshca.v1.Internal.AddVoter:input_type -> meshca.v1.AddVoterRequest
-	5, // 4: meshca.v1.Internal.RemoveServer:input_type -> meshca.v1.RemoveServerRequest
-	7, // 5: meshca.v1.Internal.TransferLeadership:input_type -> meshca.v1.TransferLeadershipRequest
-	1, // 6: meshca.v1.Internal.Forward:output_type -> meshca.v1.ForwardResponse
-	1, // 7: meshca.v1.Internal.ForwardStream:output_type -> meshca.v1.ForwardResponse
-	4, // 8: meshca.v1.Internal.AddVoter:output_type -> meshca.v1.AddVoterResponse
-	6, // 9: meshca.v1.Internal.RemoveServer:output_type -> meshca.v1.RemoveServerResponse
-	8, // 10: meshca.v1.Internal.TransferLeadership:output_type -> meshca.v1.TransferLeadershipResponse
-	6, // [6:11] is the sub-list for method output_type
-	1, // [1:6] is the sub-list for method input_type
+	0, // 1: meshca.v1.Internal.ForwardStream:input_type -> meshca.v1.ForwardRequest
+	3, // 2: meshca.v1.Internal.AddVoter:input_type -> meshca.v1.AddVoterRequest
+	5, // 3: meshca.v1.Internal.RemoveServer:input_type -> meshca.v1.RemoveServerRequest
+	7, // 4: meshca.v1.Internal.TransferLeadership:input_type -> meshca.v1.TransferLeadershipRequest
+	1, // 5: meshca.v1.Internal.ForwardStream:output_type -> meshca.v1.ForwardResponse
+	4, // 6: meshca.v1.Internal.AddVoter:output_type -> meshca.v1.AddVoterResponse
+	6, // 7: meshca.v1.Internal.RemoveServer:output_type -> meshca.v1.RemoveServerResponse
+	8, // 8: meshca.v1.Internal.TransferLeadership:output_type -> meshca.v1.TransferLeadershipResponse
+	5, // [5:9] is the sub-list for method output_type
+	1, // [1:5] is the sub-list for method input_type
 	1, // [1:1] is the sub-list for extension type_name
 	1, // [1:1] is the sub-list for extension extendee
 	0, // [0:1] is the sub-list for field type_name

@@ -19,7 +19,6 @@ import (
 const _ = grpc.SupportPackageIsVersion9
 
 const (
-	Internal_Forward_FullMethodName            = "/meshca.v1.Internal/Forward"
 	Internal_ForwardStream_FullMethodName      = "/meshca.v1.Internal/ForwardStream"
 	Internal_AddVoter_FullMethodName           = "/meshca.v1.Internal/AddVoter"
 	Internal_RemoveServer_FullMethodName       = "/meshca.v1.Internal/RemoveServer"
@@ -33,15 +32,13 @@ const (
 // Internal is the service CA nodes call on each other over the cluster port (mutual TLS, ALPN
 // "h2"). Only current members of the Raft configuration may call it.
 type InternalClient interface {
-	// Forward proposes opaque commands to the Raft log, in order. Only the leader accepts them;
-	// it answers after every command is committed and applied, with one result per command.
-	// A follower sends the commands of its concurrent callers together.
-	Forward(ctx context.Context, in *ForwardRequest, opts ...grpc.CallOption) (*ForwardResponse, error)
-	// ForwardStream is Forward on one long-lived stream, the way followers forward: a follower
-	// sends each batch of commands as it forms, without waiting for earlier answers, and the
-	// leader answers every request message with one response message, in the order of the
-	// requests. A request it refuses (too many commands, an empty command, not the leader) is
-	// answered with a status per command; the stream goes on.
+	// ForwardStream proposes opaque commands to the Raft log, the way followers forward them.
+	// Only the leader accepts them. A follower sends each batch of commands as it forms, without
+	// waiting for earlier answers; the leader hands every request message to Raft as it arrives
+	// and answers it, once all its commands are committed and applied, with one response
+	// message holding one result per command, in the order of the requests. A request it
+	// refuses (no commands, too many, an empty command, not the leader) is answered with a
+	// status per command; the stream goes on.
 	ForwardStream(ctx context.Context, opts ...grpc.CallOption) (grpc.BidiStreamingClient[ForwardRequest, ForwardResponse], error)
 	// AddVoter adds a server to the Raft configuration as a voter. Leader only.
 	AddVoter(ctx context.Context, in *AddVoterRequest, opts ...grpc.CallOption) (*AddVoterResponse, error)
@@ -57,16 +54,6 @@ type internalClient struct {
 
 func NewInternalClient(cc grpc.ClientConnInterface) InternalClient {
 	return &internalClient{cc}
-}
-
-func (c *internalClient) Forward(ctx context.Context, in *ForwardRequest, opts ...grpc.CallOption) (*ForwardResponse, error) {
-	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
-	out := new(ForwardResponse)
-	err := c.cc.Invoke(ctx, Internal_Forward_FullMethodName, in, out, cOpts...)
-	if err != nil {
-		return nil, err
-	}
-	return out, nil
 }
 
 func (c *internalClient) ForwardStream(ctx context.Context, opts ...grpc.CallOption) (grpc.BidiStreamingClient[ForwardRequest, ForwardResponse], error) {
@@ -119,15 +106,13 @@ func (c *internalClient) TransferLeadership(ctx context.Context, in *TransferLea
 // Internal is the service CA nodes call on each other over the cluster port (mutual TLS, ALPN
 // "h2"). Only current members of the Raft configuration may call it.
 type InternalServer interface {
-	// Forward proposes opaque commands to the Raft log, in order. Only the leader accepts them;
-	// it answers after every command is committed and applied, with one result per command.
-	// A follower sends the commands of its concurrent callers together.
-	Forward(context.Context, *ForwardRequest) (*ForwardResponse, error)
-	// ForwardStream is Forward on one long-lived stream, the way followers forward: a follower
-	// sends each batch of commands as it forms, without waiting for earlier answers, and the
-	// leader answers every request message with one response message, in the order of the
-	// requests. A request it refuses (too many commands, an empty command, not the leader) is
-	// answered with a status per command; the stream goes on.
+	// ForwardStream proposes opaque commands to the Raft log, the way followers forward them.
+	// Only the leader accepts them. A follower sends each batch of commands as it forms, without
+	// waiting for earlier answers; the leader hands every request message to Raft as it arrives
+	// and answers it, once all its commands are committed and applied, with one response
+	// message holding one result per command, in the order of the requests. A request it
+	// refuses (no commands, too many, an empty command, not the leader) is answered with a
+	// status per command; the stream goes on.
 	ForwardStream(grpc.BidiStreamingServer[ForwardRequest, ForwardResponse]) error
 	// AddVoter adds a server to the Raft configuration as a voter. Leader only.
 	AddVoter(context.Context, *AddVoterRequest) (*AddVoterResponse, error)
@@ -145,9 +130,6 @@ type InternalServer interface {
 // pointer dereference when methods are called.
 type UnimplementedInternalServer struct{}
 
-func (UnimplementedInternalServer) Forward(context.Context, *ForwardRequest) (*ForwardResponse, error) {
-	return nil, status.Errorf(codes.Unimplemented, "method Forward not implemented")
-}
 func (UnimplementedInternalServer) ForwardStream(grpc.BidiStreamingServer[ForwardRequest, ForwardResponse]) error {
 	return status.Errorf(codes.Unimplemented, "method ForwardStream not implemented")
 }
@@ -179,24 +161,6 @@ func RegisterInternalServer(s grpc.ServiceRegistrar, srv InternalServer) {
 		t.testEmbeddedByValue()
 	}
 	s.RegisterService(&Internal_ServiceDesc, srv)
-}
-
-func _Internal_Forward_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
-	in := new(ForwardRequest)
-	if err := dec(in); err != nil {
-		return nil, err
-	}
-	if interceptor == nil {
-		return srv.(InternalServer).Forward(ctx, in)
-	}
-	info := &grpc.UnaryServerInfo{
-		Server:     srv,
-		FullMethod: Internal_Forward_FullMethodName,
-	}
-	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
-		return srv.(InternalServer).Forward(ctx, req.(*ForwardRequest))
-	}
-	return interceptor(ctx, in, info, handler)
 }
 
 func _Internal_ForwardStream_Handler(srv interface{}, stream grpc.ServerStream) error {
@@ -267,10 +231,6 @@ var Internal_ServiceDesc = grpc.ServiceDesc{
 	ServiceName: "meshca.v1.Internal",
 	HandlerType: (*InternalServer)(nil),
 	Methods: []grpc.MethodDesc{
-		{
-			MethodName: "Forward",
-			Handler:    _Internal_Forward_Handler,
-		},
 		{
 			MethodName: "AddVoter",
 			Handler:    _Internal_AddVoter_Handler,
